@@ -1,0 +1,75 @@
+"""The studio's side of a zone: a handler with a few hooks, systems over arrays.
+
+A world's game code subclasses :class:`ZoneHandler`::
+
+    class Handler(ZoneHandler):
+        fields = (Field("health", "uint16", scope=Scope.PUBLIC),)
+
+        def on_start(self, world: World) -> None:
+            world.spawn_npcs(500, kind=2)
+
+        def on_tick(self, world: World, tick: int, inputs: InputBatch) -> None:
+            hp = world.entities["health"]
+            hp[hp < 100] += 1          # whole columns at once, never a loop over entities
+
+Hooks receive whole batches; there is no per-entity or per-message callback on the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from shardworld.entities.schema import Field
+
+if TYPE_CHECKING:
+    from shardworld.zone.zone import Zone
+
+
+@dataclass(frozen=True)
+class InputBatch:
+    """The player inputs applied this tick, in arrival order (arrays of equal length).
+
+    ``rows`` are rows of ``world.entities`` at the start of this tick's systems: use them
+    before you spawn or despawn anything.
+    """
+
+    ids: npt.NDArray[np.uint64]
+    rows: npt.NDArray[np.int32]
+    seq: npt.NDArray[np.uint32]
+    intent: npt.NDArray[np.float32]
+    actions: npt.NDArray[np.uint32]
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @classmethod
+    def empty(cls) -> InputBatch:
+        return cls(
+            np.zeros(0, np.uint64),
+            np.zeros(0, np.int32),
+            np.zeros(0, np.uint32),
+            np.zeros((0, 2), np.float32),
+            np.zeros(0, np.uint32),
+        )
+
+
+class ZoneHandler:
+    """Override the hooks your world needs; every default does nothing.
+
+    ``fields`` are the world's own component fields, added after the built-in ones.
+    """
+
+    fields: tuple[Field, ...] = ()
+
+    def on_start(self, world: Zone) -> None:
+        """Called once before the first tick: spawn the world's NPCs, load data."""
+
+    def on_tick(self, world: Zone, tick: int, inputs: InputBatch) -> None:
+        """Called every tick after movement: the world's systems, over whole columns."""
+
+    def on_stop(self, world: Zone) -> None:
+        """Called once when the zone stops."""
