@@ -51,3 +51,11 @@ def test_missing_world_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "world.toml").write_text("[zone]\ntick_hz = -1\n")
     with pytest.raises(ConfigError, match="tick_hz"):
         load_world(tmp_path)
+
+
+def test_numbers_are_normalised_so_kernels_never_see_new_types() -> None:
+    c = ZoneConfig.from_mapping({"obstacle_cell": 4, "world": [0, 0, 10, 10], "tick_hz": 20})
+    assert isinstance(c.obstacle_cell, float) and isinstance(c.tick_hz, float)
+    assert all(isinstance(v, float) for v in c.world)
+    with pytest.raises(ConfigError, match="k_max"):
+        ZoneConfig(k_max=1.5)  # type: ignore[arg-type]

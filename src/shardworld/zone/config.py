@@ -11,6 +11,19 @@ from typing import Any
 INPUT_OVERFLOW_POLICIES = ("drop_newest", "drop_oldest")
 
 
+_FLOAT_SETTINGS = (
+    "tick_hz",
+    "snapshot_hz",
+    "interest_radius",
+    "interest_hysteresis",
+    "pos_quantum",
+    "obstacle_cell",
+    "player_speed",
+    "player_accel",
+)
+_INT_SETTINGS = ("zone_tag", "k_max", "capacity", "input_queue", "max_catchup_ticks", "seed")
+
+
 class ConfigError(ValueError):
     """A setting is missing, of the wrong type or out of range. The message names it."""
 
@@ -43,6 +56,19 @@ class ZoneConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Kernels are compiled per argument type: an int where a float belongs (say
+        # `obstacle_cell = 4` in TOML) would compile a new version inside a tick.
+        for name in _FLOAT_SETTINGS:
+            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in _INT_SETTINGS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value:
+                raise ConfigError(f"{name} must be a whole number, not {value!r}")
+            object.__setattr__(self, name, int(value))
+        object.__setattr__(self, "world", tuple(float(v) for v in self.world))
+        object.__setattr__(
+            self, "obstacles", tuple(tuple(float(v) for v in r) for r in self.obstacles)
+        )
         x0, y0, x1, y1 = self.world
         if not (x1 > x0 and y1 > y0):
             raise ConfigError(f"world {self.world}: need x1 > x0 and y1 > y0")
