@@ -65,10 +65,10 @@ def build_schema(handler_fields: tuple[Field, ...] | list[Field]) -> Schema:
 
 
 class InputBuffer:
-    """A bounded per-tick buffer of player inputs, as preallocated arrays.
+    """A bounded ring of player inputs, as preallocated arrays, drained once per tick.
 
-    When full, ``drop_newest`` refuses new inputs and ``drop_oldest`` overwrites from the
-    start; either way every dropped input is counted, never silently lost.
+    When full, ``drop_newest`` refuses new inputs and ``drop_oldest`` overwrites the oldest
+    queued ones; either way every dropped input is counted, never silently lost.
     """
 
     def __init__(self, size: int, policy: str) -> None:
@@ -78,27 +78,36 @@ class InputBuffer:
         self.seq = np.zeros(size, np.uint32)
         self.intent = np.zeros((size, 2), np.float32)
         self.actions = np.zeros(size, np.uint32)
+        self.head = 0  # oldest queued input
         self.count = 0
         self.dropped = 0
-        self._wrap = 0  # drop_oldest: next slot to overwrite
+
+    def _make_room(self, k: int) -> int:
+        """How many of ``k`` new inputs to keep (the newest), dropping per the policy."""
+        room = self.size - self.count
+        if self.policy == "drop_newest":
+            take = min(k, room)
+            self.dropped += k - take
+            return take
+        take = min(k, self.size)
+        self.dropped += k - take
+        evict = max(0, take - room)
+        self.head = (self.head + evict) % self.size
+        self.count -= evict
+        self.dropped += evict
+        return take
 
     def push(self, entity: int, seq: int, ix: float, iy: float, actions: int = 0) -> bool:
         """Queue one input; False if it was dropped (buffer full, ``drop_newest``)."""
-        if self.count < self.size:
-            i = self.count
-            self.count += 1
-        elif self.policy == "drop_oldest":
-            i = self._wrap
-            self._wrap = (self._wrap + 1) % self.size
-            self.dropped += 1
-        else:
-            self.dropped += 1
+        if self._make_room(1) == 0:
             return False
+        i = (self.head + self.count) % self.size
         self.ids[i] = entity
         self.seq[i] = seq & 0xFFFFFFFF
         self.intent[i, 0] = ix
         self.intent[i, 1] = iy
         self.actions[i] = actions & 0xFFFFFFFF
+        self.count += 1
         return True
 
     def push_many(
@@ -108,50 +117,30 @@ class InputBuffer:
         intent: npt.ArrayLike,
         actions: npt.ArrayLike | None = None,
     ) -> int:
-        """Queue a batch (as arrays); returns how many were accepted."""
+        """Queue a batch (as arrays, oldest first); returns how many were accepted."""
         ids_a = np.atleast_1d(np.asarray(ids, dtype=np.uint64))
-        k = ids_a.shape[0]
-        room = self.size - self.count
-        take = min(k, room) if self.policy == "drop_newest" else k
-        if take > self.size:
-            take = self.size
-        self.dropped += k - take
-        if take > room:  # drop_oldest and not enough room: restart from a clean buffer
-            self.dropped += self.count - max(0, self.size - take)
-            keep = max(0, self.size - take)
-            if keep:
-                src = slice(self.count - keep, self.count)
-                self.ids[:keep] = self.ids[src]
-                self.seq[:keep] = self.seq[src]
-                self.intent[:keep] = self.intent[src]
-                self.actions[:keep] = self.actions[src]
-            self.count = keep
-        s = slice(self.count, self.count + take)
-        self.ids[s] = ids_a[k - take :]
-        self.seq[s] = np.atleast_1d(np.asarray(seq, dtype=np.uint32))[k - take :]
-        self.intent[s] = np.asarray(intent, dtype=np.float32).reshape(-1, 2)[k - take :]
+        k = int(ids_a.shape[0])
+        take = self._make_room(k)
+        if take == 0:
+            return 0
+        src = slice(k - take, k) if self.policy == "drop_oldest" else slice(0, take)
+        at = (self.head + self.count + np.arange(take)) % self.size
+        self.ids[at] = ids_a[src]
+        self.seq[at] = np.broadcast_to(np.asarray(seq, dtype=np.uint32), (k,))[src]
+        self.intent[at] = np.asarray(intent, dtype=np.float32).reshape(-1, 2)[src]
         if actions is None:
-            self.actions[s] = 0
+            self.actions[at] = 0
         else:
-            self.actions[s] = np.atleast_1d(np.asarray(actions, dtype=np.uint32))[k - take :]
+            self.actions[at] = np.broadcast_to(np.asarray(actions, dtype=np.uint32), (k,))[src]
         self.count += take
         return take
 
     def drain(self) -> tuple[npt.NDArray[Any], ...]:
         """Copies of the queued inputs in arrival order; the buffer is empty afterwards."""
-        k = self.count
-        if self._wrap and k == self.size:
-            order = np.concatenate([np.arange(self._wrap, k), np.arange(0, self._wrap)])
-            out = (self.ids[order], self.seq[order], self.intent[order], self.actions[order])
-        else:
-            out = (
-                self.ids[:k].copy(),
-                self.seq[:k].copy(),
-                self.intent[:k].copy(),
-                self.actions[:k].copy(),
-            )
+        at = (self.head + np.arange(self.count)) % self.size
+        out = (self.ids[at], self.seq[at], self.intent[at], self.actions[at])
+        self.head = 0
         self.count = 0
-        self._wrap = 0
         return out
 
 
