@@ -18,7 +18,7 @@ Hooks receive whole batches; there is no per-entity or per-message callback on t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,15 @@ from shardworld.entities.schema import Field
 
 if TYPE_CHECKING:
     from shardworld.zone.zone import Zone
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerMessage:
+    """A world-specific message from the player who controls ``entity_id``."""
+
+    entity_id: int
+    kind: str
+    body: Any
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,20 @@ class ZoneHandler:
 
     def on_tick(self, world: Zone, tick: int, inputs: InputBatch) -> None:
         """Called every tick after movement: the world's systems, over whole columns."""
+
+    def on_join(self, world: Zone, player_id: int) -> int:
+        """A player joins: spawn its entity and return the id. Default: a random free spot."""
+        pos = world.random_points(1, margin=1.0)[0]
+        return world.spawn_player(player_id, (float(pos[0]), float(pos[1])))
+
+    def on_leave(self, world: Zone, entity_id: int) -> None:
+        """A player's entity is about to be removed (its linger period is over)."""
+
+    def on_messages(self, world: Zone, tick: int, messages: list[PlayerMessage]) -> None:
+        """The custom messages players sent since the last tick, in arrival order.
+
+        Answer with ``world.send_message(entity_id, kind, body)``.
+        """
 
     def on_stop(self, world: Zone) -> None:
         """Called once when the zone stops."""

@@ -17,6 +17,7 @@ fixed-rate loop on an injected clock.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from shardworld.kernels.snapshot import encode_snapshots, pack_columns, quantize
 from shardworld.kernels.visibility import diff_visibility
 from shardworld.zone.clock import Clock, LoopClock
 from shardworld.zone.config import ZoneConfig
-from shardworld.zone.handler import InputBatch, ZoneHandler
+from shardworld.zone.handler import InputBatch, PlayerMessage, ZoneHandler
 from shardworld.zone.sink import NullSink, SnapshotBatch, SnapshotSink
 from shardworld.zone.stats import PHASES, ZoneStats
 
@@ -62,6 +63,10 @@ def build_schema(handler_fields: tuple[Field, ...] | list[Field]) -> Schema:
     if width:
         internal.append(Field(SHADOW, np.uint8, (width,), Scope.GHOST))
     return base.extend(*internal)
+
+
+def _drop_message(entity_id: int, kind: str, body: Any) -> None:
+    return None
 
 
 class InputBuffer:
@@ -210,6 +215,11 @@ class Zone:
         self._stopping = False
         #: False runs simulation only (no interest, no snapshots): tools and benchmarks.
         self.replicate = True
+        #: Where world -> player custom messages go: (entity id, kind, body).
+        self.message_sink: Callable[[int, str, Any], None] = _drop_message
+        self._messages: collections.deque[PlayerMessage] = collections.deque()
+        self.max_messages_per_tick = 4096
+        self.messages_dropped = 0
 
     # --- the studio's world API ----------------------------------------------------------
 
@@ -228,6 +238,34 @@ class Zone:
         """Spawn a player's entity (an observer driven by its inputs); returns its id."""
         ids = self.spawn(1, pos=pos, owner=owner, kind=kind, mode=MODE_PLAYER, observer=1)
         return int(ids[0])
+
+    def join_player(self, player_id: int) -> int:
+        """A player joins: the handler's ``on_join`` spawns its entity; returns the id."""
+        if not self._started:
+            self.warm_up()
+        return int(self.handler.on_join(self, player_id))
+
+    def leave_player(self, entity_id: int) -> None:
+        """A player leaves for good: ``on_leave``, then its entity is removed."""
+        if self.entities.rows_of([entity_id])[0] < 0:
+            return
+        self.handler.on_leave(self, entity_id)
+        self.entities.despawn([entity_id])
+
+    def post_message(self, entity_id: int, kind: str, body: Any) -> bool:
+        """Queue a player's custom message for the next tick's ``on_messages``.
+
+        Bounded: past ``max_messages_per_tick`` queued, new ones are dropped and counted.
+        """
+        if len(self._messages) >= self.max_messages_per_tick:
+            self.messages_dropped += 1
+            return False
+        self._messages.append(PlayerMessage(entity_id, kind, body))
+        return True
+
+    def send_message(self, entity_id: int, kind: str, body: Any) -> None:
+        """Send a custom message to the player controlling ``entity_id``."""
+        self.message_sink(entity_id, kind, body)
 
     def despawn(self, ids: npt.ArrayLike) -> int:
         """Remove entities by id (stale ids are ignored); returns how many went."""
@@ -332,6 +370,10 @@ class Zone:
         t2 = timer()
         phases[1] = t2 - t1
 
+        if self._messages:
+            messages = list(self._messages)
+            self._messages.clear()
+            self.handler.on_messages(self, self.tick, messages)
         self.handler.on_tick(self, self.tick, batch)
         t3 = timer()
         phases[2] = t3 - t2
