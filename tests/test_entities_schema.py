@@ -33,6 +33,8 @@ def test_studio_fields_extend_like_builtins() -> None:
         {"name": "ok", "dtype": "U8"},
         {"name": "ok", "dtype": object},
         {"name": "ok", "dtype": "f4", "shape": (0,)},
+        {"name": "ok", "dtype": "f16"},
+        {"name": "ok", "dtype": "c8"},
     ],
 )
 def test_bad_fields_are_refused(kwargs: dict[str, object]) -> None:

@@ -341,3 +341,45 @@ async def test_a_slightly_late_tick_catches_up_on_schedule() -> None:
     assert zone.stats.late_ticks >= 1
     # Every deadline up to 1.0 s was served: 21 ticks (0.00 .. 1.00) plus the final one.
     assert len(rec.times) >= 21
+
+
+class Chatty(ZoneHandler):
+    def __init__(self) -> None:
+        self.joined: list[int] = []
+        self.left: list[int] = []
+        self.seen: list[tuple[int, str, object]] = []
+
+    def on_join(self, world: Zone, player_id: int) -> int:
+        self.joined.append(player_id)
+        return world.spawn_player(player_id, (10.0 * player_id, 10.0))
+
+    def on_leave(self, world: Zone, entity_id: int) -> None:
+        self.left.append(entity_id)
+
+    def on_messages(self, world: Zone, tick: int, messages: list[Any]) -> None:
+        for m in messages:
+            self.seen.append((m.entity_id, m.kind, m.body))
+            world.send_message(m.entity_id, "echo", m.body)
+
+
+def test_join_leave_and_custom_messages_are_batched_per_tick() -> None:
+    handler = Chatty()
+    zone = Zone(ZoneConfig(), handler, clock=ManualClock())
+    out: list[tuple[int, str, object]] = []
+    zone.message_sink = lambda e, k, b: out.append((e, k, b))
+    a = zone.join_player(3)
+    assert handler.joined == [3]
+    assert zone.entities["owner"][zone.entities.rows_of([a])[0]] == 3
+    zone.post_message(a, "chat", {"text": "hi"})
+    zone.post_message(a, "emote", 2)
+    assert handler.seen == []  # nothing happens between ticks
+    zone.step()
+    assert handler.seen == [(a, "chat", {"text": "hi"}), (a, "emote", 2)]
+    assert out == [(a, "echo", {"text": "hi"}), (a, "echo", 2)]
+    zone.max_messages_per_tick = 2
+    assert zone.post_message(a, "x", 1) and zone.post_message(a, "x", 2)
+    assert not zone.post_message(a, "x", 3)
+    assert zone.messages_dropped == 1
+    zone.leave_player(a)
+    zone.leave_player(a)  # twice is harmless
+    assert handler.left == [a] and len(zone.entities) == 0

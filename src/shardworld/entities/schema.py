@@ -47,6 +47,22 @@ class Scope(enum.Enum):
         return self is not Scope.SERVER
 
 
+#: The dtypes every client language can read (see docs/protocol.md).
+PORTABLE_DTYPES = (
+    "|b1",
+    "|u1",
+    "|i1",
+    "<u2",
+    "<i2",
+    "<f2",
+    "<u4",
+    "<i4",
+    "<f4",
+    "<u8",
+    "<i8",
+    "<f8",
+)
+
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 RESERVED = frozenset({"id"})
 
@@ -83,6 +99,11 @@ class Field:
             raise ValueError(f"field {name!r}: dtype {dt} is not a fixed-size number type")
         # Columns are little-endian so packed rows mean the same bytes on every machine.
         dt = dt.newbyteorder("<") if dt.byteorder == ">" else dt
+        if dt.str not in PORTABLE_DTYPES:
+            raise ValueError(
+                f"field {name!r}: dtype {dt} has no portable wire form; "
+                f"use one of {', '.join(PORTABLE_DTYPES)}"
+            )
         shp = (shape,) if isinstance(shape, int) else tuple(shape)
         if any(s <= 0 for s in shp):
             raise ValueError(f"field {name!r}: shape {shp} must be positive")
@@ -212,7 +233,7 @@ class Schema:
             ("id", np.dtype("<u8"), ())
         ]
         parts += [(f.name, f.dtype, f.shape) for f in self.fields]
-        return np.dtype(parts)  # type: ignore[call-overload,no-any-return]
+        return np.dtype(parts)
 
     def describe(self) -> list[dict[str, object]]:
         return [f.describe() for f in self.fields]
