@@ -16,6 +16,7 @@ KERNEL_MODULES = (
     "shardworld.kernels.interest",
     "shardworld.kernels.visibility",
     "shardworld.kernels.snapshot",
+    "shardworld.gateway.frames",
 )
 
 
