@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 warmup: install  ## compile every numba kernel into the on-disk cache
 	$(BIN)/shardworld warmup
 
-demo: install warmup  ## run the arena world headless with wandering NPCs, printing live tick figures
-	$(BIN)/shardworld run zones/arena
+demo: install warmup  ## run the arena (zone + WebSocket gateway on 127.0.0.1:7700) with 300 bots
+	$(BIN)/shardworld run zones/arena --dev --bots 300
 
 lint: install  ## ruff lint and format check
 	$(BIN)/ruff check src tests benchmarks zones

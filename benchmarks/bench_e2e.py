@@ -1,0 +1,126 @@
+"""End to end: N bots over real WebSockets against the embedded arena world.
+
+Two processes, as an operator would run them: `shardworld run zones/arena --dev` (zone and
+gateway in one process) and `shardworld bots` (all bots in one asyncio process, reading only
+snapshot headers so that one core can drive a thousand of them). The bots report snapshot
+age, round-trip time and disconnects; the server reports its tick times.
+
+Snapshot age is measured by the client SDK (docs/client.md): ``snapshot_age_*`` is the
+conservative upper bound (arrival time on the server's clock, estimated with PING/PONG,
+minus when the tick was due, anchored at WELCOME, which can overstate by up to one snapshot
+interval); ``snapshot_age_lower_*`` is the lower bound (the fastest snapshot of a
+connection counted as zero).
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _last_json(text: str) -> dict[str, Any]:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return dict(json.loads(line))
+    raise RuntimeError(f"no JSON summary in output: {text[-500:]!r}")
+
+
+def run(bots: int, seconds: float, npcs: int, behavior: str) -> dict[str, Any]:
+    port = _free_port()
+    cli = [sys.executable, "-m", "shardworld.cli"]
+    server = subprocess.Popen(
+        [*cli, "run", str(ROOT / "zones" / "arena"), "--dev", "--port", str(port),
+         "--npcs", str(npcs), "--seconds", str(seconds + 15), "--map", "never"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("the world did not start listening within 60 s")
+        ramp = max(100.0, bots / 5.0)
+        bot_out = subprocess.run(
+            [*cli, "bots", "--url", f"ws://127.0.0.1:{port}", "--count", str(bots),
+             "--behavior", behavior, "--duration", str(seconds), "--ramp", str(ramp),
+             "--no-mirror", "--quiet", "--input-hz", "10"],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 120,
+            cwd=ROOT,
+        )
+        summary = _last_json(bot_out.stdout)
+    finally:
+        server.send_signal(2)
+        try:
+            out, _ = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            out, _ = server.communicate()
+    world = _last_json(out)
+    return {"bots_summary": summary, "world": world}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="300 bots for 20 s (under a minute)")
+    ap.add_argument("--bots", type=int, default=None, help="bots (default 1000)")
+    ap.add_argument("--seconds", type=float, default=None, help="measured seconds (default 60)")
+    ap.add_argument("--npcs", type=int, default=2000, help="NPCs in the world (default 2000)")
+    ap.add_argument("--behavior", default="wander", choices=("wander", "crowd", "commute"))
+    args = ap.parse_args()
+    bots = args.bots or (300 if args.quick else 1000)
+    seconds = args.seconds or (20.0 if args.quick else 60.0)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    res = run(bots, seconds, args.npcs, args.behavior)
+    b, w = res["bots_summary"], res["world"]
+    out = {
+        "benchmark": "e2e",
+        "quick": args.quick,
+        "bots": bots,
+        "connected": b.get("connected"),
+        "seconds": seconds,
+        "snapshot_age_p50_ms": b.get("snapshot_age_upper_p50_ms"),
+        "snapshot_age_p99_ms": b.get("snapshot_age_upper_p99_ms"),
+        "snapshot_age_lower_p50_ms": b.get("snapshot_age_p50_ms"),
+        "snapshot_age_lower_p99_ms": b.get("snapshot_age_p99_ms"),
+        "rtt_p50_ms": b.get("rtt_p50_ms"),
+        "snapshots_per_s": b.get("snapshots_per_s"),
+        "disconnects": b.get("disconnects"),
+        "errors": b.get("errors"),
+        "tick_p50_ms": w.get("p50_ms"),
+        "tick_p99_ms": w.get("p99_ms"),
+        "late_ticks": w.get("late_ticks"),
+        "skipped_ticks": w.get("skipped_ticks"),
+        "gateway_frames_dropped": (w.get("gateway") or {}).get("snapshots_dropped"),
+        "target_p99_ms": round(1000.0 / 20.0 + 20.0, 1),
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
