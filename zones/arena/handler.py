@@ -6,10 +6,13 @@ import numpy as np
 
 from shardworld.entities import Field, Scope
 from shardworld.zone import InputBatch, Zone, ZoneHandler
+from shardworld.zone.handler import PlayerMessage
 
 KIND_PLAYER = 1
 KIND_NPC = 2
 ACTION_EMOTE = 1
+CHAT_RANGE = 100.0
+CHAT_MAX_CHARS = 200
 
 
 class Handler(ZoneHandler):
@@ -50,3 +53,23 @@ class Handler(ZoneHandler):
             emoting = (inputs.actions & ACTION_EMOTE) != 0
             ents["emote"][inputs.rows] = np.where(emoting, 1, 0)
             ents["score"][inputs.rows[emoting]] += 1
+
+    def on_messages(self, world: Zone, tick: int, messages: list[PlayerMessage]) -> None:
+        # Chat: {"text": str} reaches every player within CHAT_RANGE of the speaker.
+        ents = world.entities
+        players = np.flatnonzero(ents["observer"])
+        if players.size == 0:
+            return
+        ppos = ents["pos"][players]
+        pids = ents.live_ids()[players]
+        for m in messages:
+            if m.kind != "chat" or not isinstance(m.body, dict):
+                continue
+            text = m.body.get("text")
+            row = ents.rows_of([m.entity_id])[0]
+            if not isinstance(text, str) or row < 0:
+                continue
+            d2 = np.sum((ppos - ents["pos"][row]) ** 2, axis=1)
+            body = {"from": m.entity_id, "text": text[:CHAT_MAX_CHARS]}
+            for eid in pids[d2 <= CHAT_RANGE**2]:
+                world.send_message(int(eid), "chat", body)
