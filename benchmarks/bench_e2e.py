@@ -47,8 +47,20 @@ def run(bots: int, seconds: float, npcs: int, behavior: str) -> dict[str, Any]:
     port = _free_port()
     cli = [sys.executable, "-m", "shardworld.cli"]
     server = subprocess.Popen(
-        [*cli, "run", str(ROOT / "zones" / "arena"), "--dev", "--port", str(port),
-         "--npcs", str(npcs), "--seconds", str(seconds + 15), "--map", "never"],
+        [
+            *cli,
+            "run",
+            str(ROOT / "zones" / "arena"),
+            "--dev",
+            "--port",
+            str(port),
+            "--npcs",
+            str(npcs),
+            "--seconds",
+            str(seconds + 15),
+            "--map",
+            "never",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -65,9 +77,24 @@ def run(bots: int, seconds: float, npcs: int, behavior: str) -> dict[str, Any]:
             raise RuntimeError("the world did not start listening within 60 s")
         ramp = max(100.0, bots / 5.0)
         bot_out = subprocess.run(
-            [*cli, "bots", "--url", f"ws://127.0.0.1:{port}", "--count", str(bots),
-             "--behavior", behavior, "--duration", str(seconds), "--ramp", str(ramp),
-             "--no-mirror", "--quiet", "--input-hz", "10"],
+            [
+                *cli,
+                "bots",
+                "--url",
+                f"ws://127.0.0.1:{port}",
+                "--count",
+                str(bots),
+                "--behavior",
+                behavior,
+                "--duration",
+                str(seconds),
+                "--ramp",
+                str(ramp),
+                "--no-mirror",
+                "--quiet",
+                "--input-hz",
+                "10",
+            ],
             capture_output=True,
             text=True,
             timeout=seconds + 120,

@@ -41,7 +41,7 @@ PAYLOAD = 200
 
 
 def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
@@ -261,8 +261,13 @@ async def run_baseline(players: int, rounds: int) -> dict[str, Any]:
     got = await asyncio.to_thread(_finish_players, proc)
     server.close()
     await server.wait_closed()
-    return {"players": players, "frames": sent, "cpu_s": cpu, "wall_s": wall,
-            "client_bytes": got.get("bytes", 0)}
+    return {
+        "players": players,
+        "frames": sent,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "client_bytes": got.get("bytes", 0),
+    }
 
 
 async def idle_memory(count: int) -> dict[str, Any]:
@@ -286,7 +291,10 @@ async def idle_memory(count: int) -> dict[str, Any]:
     await gw.stop()
     # Growth of the whole process (Python objects, buffers, the library's state) per
     # joined connection; kernel socket buffers are not in RSS.
-    return {"idle_connections": joined, "bytes_per_idle_conn": round((after - before) / max(1, joined))}
+    return {
+        "idle_connections": joined,
+        "bytes_per_idle_conn": round((after - before) / max(1, joined)),
+    }
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

@@ -152,7 +152,11 @@ def warm_start() -> dict[str, float]:
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout.split()
     imp, load = float(out[0]), float(out[1])
-    return {"warm_start_s": round(imp + load, 3), "import_s": round(imp, 3), "load_s": round(load, 3)}
+    return {
+        "warm_start_s": round(imp + load, 3),
+        "import_s": round(imp, 3),
+        "load_s": round(load, 3),
+    }
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def test_arena_world_loads() -> None:
 
 
 def test_missing_world_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="world.toml"):
+    with pytest.raises(ConfigError, match=r"world\.toml"):
         load_world(tmp_path)
     (tmp_path / "world.toml").write_text("[zone]\ntick_hz = -1\n")
     with pytest.raises(ConfigError, match="tick_hz"):

@@ -29,7 +29,7 @@ class Scope(enum.Enum):
 
     Every scope travels with the entity in handoffs and checkpoints (the whole row moves).
 
-    - ``SERVER``: never leaves the zone process except with its entity (anti-cheat state, AI memory).
+    - ``SERVER``: never leaves the zone except with its entity (anti-cheat state, AI memory).
     - ``GHOST``: also copied to neighbour zones (their server logic can read it), never to clients.
     - ``OWNER``: sent to the player who owns the entity (``owner`` column equals the player's id),
       and ghosted, so the owner still gets it while its entity is across a border.

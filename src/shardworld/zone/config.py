@@ -91,9 +91,10 @@ class ZoneConfig:
             raise ConfigError("pos_quantum must be > 0")
         reach = (self.interest_radius + self.interest_hysteresis) / self.pos_quantum
         if reach > 32767:
-            need = (self.interest_radius + self.interest_hysteresis) / 32767
+            reach_m = self.interest_radius + self.interest_hysteresis
+            need = reach_m / 32767
             raise ConfigError(
-                f"interest range {self.interest_radius + self.interest_hysteresis:g} m does not fit "
+                f"interest range {reach_m:g} m does not fit "
                 f"16-bit relative positions at pos_quantum {self.pos_quantum:g} m; "
                 f"use pos_quantum >= {need:.4g}"
             )
