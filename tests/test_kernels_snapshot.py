@@ -286,6 +286,115 @@ def test_compiled_matches_py_func() -> None:
     assert np.array_equal(c[0], p[0]) and np.array_equal(c[1], p[1])
 
 
+def _size_args(c: EncodeCase) -> tuple[Any, ...]:
+    return (
+        c.reset,
+        c.cur_off,
+        c.cur_idx,
+        c.cur_handle,
+        c.cur_state,
+        c.leave_off,
+        c.leave_handle,
+        c.cand_moved,
+        c.cand_updated,
+        c.cand_owner,
+        c.obs_owner,
+        c.pub_blob.shape[1],
+        c.own_blob.shape[1],
+        c.wide_handles,
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(encode_cases())
+def test_two_passes_compiled_match_py_func(case: EncodeCase) -> None:
+    # The sizing and writing passes on their own, compiled and as plain Python.
+    m = case.reset.shape[0]
+    results = []
+    for size, write in (
+        (snap.size_snapshot_payloads, snap.write_snapshot_payloads),
+        (py_func(snap.size_snapshot_payloads), py_func(snap.write_snapshot_payloads)),
+    ):
+        off = np.full(m + 1, -1, np.int64)
+        counts = np.full((m, 4), -1, np.int64)
+        status, bad = size(*_size_args(case), off, counts)
+        if status != snap.ENCODE_OK:
+            results.append((status, bad, None, None))
+            continue
+        buf = np.full(int(off[m]), 0xEE, np.uint8)
+        write(np.int64(case.tick), *case.args()[1:], off, counts, buf)
+        results.append((status, bad, off, buf))
+    (cs, cb, c_off, c_buf), (ps, pb, p_off, p_buf) = results
+    assert (cs, cb) == (ps, pb)
+    if cs == snap.ENCODE_OK:
+        assert cb == -1
+        assert np.array_equal(c_off, p_off) and np.array_equal(c_buf, p_buf)
+        assert [c_buf[c_off[i] : c_off[i + 1]].tobytes() for i in range(m)] == reference_encode(
+            case
+        )
+
+
+def test_sizing_reports_the_first_bad_observer() -> None:
+    case = _case(wide=False)
+    m = case.reset.shape[0]
+    off, counts = np.empty(m + 1, np.int64), np.empty((m, 4), np.int64)
+    assert snap.size_snapshot_payloads(*_size_args(case), off, counts) == (snap.ENCODE_OK, -1)
+    assert off.tolist() == [0, *np.cumsum([len(p) for p in reference_encode(case)]).tolist()]
+    # Observer 1 is a reset: a wide leave handle there is dropped, a wide visible one is not.
+    case.leave_handle = np.array([4, 5, 300], np.uint16)
+    assert snap.size_snapshot_payloads(*_size_args(case), off, counts) == (snap.ENCODE_OK, -1)
+    case.cur_handle = case.cur_handle.copy()
+    case.cur_handle[6] = 256
+    assert snap.size_snapshot_payloads(*_size_args(case), off, counts) == (
+        snap.ENCODE_HANDLE_TOO_WIDE,
+        1,
+    )
+    case.leave_handle = np.array([4, 256, 9], np.uint16)
+    assert snap.size_snapshot_payloads(*_size_args(case), off, counts) == (
+        snap.ENCODE_HANDLE_TOO_WIDE,
+        0,
+    )
+
+
+def test_long_sections_and_wide_blobs() -> None:
+    # Lists far longer than one cache line of entries, blobs wider than a machine word,
+    # every kind of entry at once, against the struct reference.
+    rng = np.random.default_rng(9)
+    n, m = 3000, 12
+    lists = [rng.choice(n, size=int(rng.integers(0, 700)), replace=False) for _ in range(m)]
+    cur_off = np.zeros(m + 1, np.int64)
+    cur_off[1:] = np.cumsum([len(x) for x in lists])
+    v = int(cur_off[-1])
+    leave_n = rng.integers(0, 50, m)
+    leave_off = np.zeros(m + 1, np.int64)
+    leave_off[1:] = np.cumsum(leave_n)
+    for wide in (False, True):
+        case = EncodeCase(
+            tick=2**40 + 3,
+            reset=(rng.random(m) < 0.2).astype(np.uint8),
+            base_q=rng.integers(-(2**31), 2**31, (m, 2)).astype(np.int32),
+            cur_off=cur_off,
+            cur_idx=np.concatenate(lists).astype(np.int32),
+            cur_handle=rng.integers(0, 65536 if wide else 256, v).astype(np.uint16),
+            cur_state=(rng.random(v) < 0.1).astype(np.uint8),
+            leave_off=leave_off,
+            leave_handle=rng.integers(0, 65536 if wide else 256, int(leave_off[-1])).astype(
+                np.uint16
+            ),
+            cand_ids=rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True),
+            cand_kind=rng.integers(0, 65536, n).astype(np.uint16),
+            cand_q=rng.integers(-(2**31), 2**31, (n, 2)).astype(np.int32),
+            cand_moved=(rng.random(n) < 0.7).astype(np.uint8),
+            cand_updated=(rng.random(n) < 0.3).astype(np.uint8),
+            pub_blob=rng.integers(0, 256, (n, 37), dtype=np.uint8),
+            own_blob=rng.integers(0, 256, (n, 11), dtype=np.uint8),
+            cand_owner=rng.integers(0, 4, n).astype(np.uint64),
+            obs_owner=rng.integers(0, 4, m).astype(np.uint64),
+            wide_handles=wide,
+        )
+        assert payloads(*snap.encode_snapshots(*case.args())) == reference_encode(case)
+
+
 @pytest.mark.parametrize("wide", [False, True])
 def test_moved_entity_costs_at_most_8_bytes(wide: bool) -> None:
     n = 50

@@ -64,7 +64,6 @@ def run_diff(
     cand_ids: list[int],
     obs_prev: list[int],
     prev_lists: list[list[tuple[int, int]]],
-    by_rank: bool | None = None,
 ) -> tuple[npt.NDArray[Any], ...]:
     vis_off, vis_idx = csr(vis_lists, np.int32)
     prev_off, prev_ids = csr([[i for i, _ in x] for x in prev_lists], np.uint64)
@@ -77,7 +76,6 @@ def run_diff(
         prev_off,
         prev_ids,
         prev_handles,
-        by_rank=by_rank,
     )
 
 
@@ -149,8 +147,7 @@ def test_matches_set_reference(
     args: tuple[Lists, list[int], list[int], list[list[tuple[int, int]]]],
 ) -> None:
     expected = reference_diff(*args)
-    for by_rank in (False, True, None):
-        assert as_lists(run_diff(*args, by_rank=by_rank)) == expected
+    assert as_lists(run_diff(*args)) == expected
 
 
 def test_handle_reuse_rules() -> None:
@@ -191,15 +188,14 @@ def test_no_previous_list_everything_enters() -> None:
 
 
 def test_empty_inputs() -> None:
-    for by_rank in (False, True, None):
-        res = run_diff([], [], [], [], by_rank=by_rank)
-        assert [a.shape for a in res] == [(1,), (0,), (0,), (0,), (0,), (1,), (0,), (0,)]
-        res = run_diff([[], []], [], [0, -1], [[(4, 0), (8, 1)]], by_rank=by_rank)
-        assert as_lists(res) == [{"cur": [], "leave": [(4, 0), (8, 1)]}, {"cur": [], "leave": []}]
+    res = run_diff([], [], [], [])
+    assert [a.shape for a in res] == [(1,), (0,), (0,), (0,), (0,), (1,), (0,), (0,)]
+    res = run_diff([[], []], [], [0, -1], [[(4, 0), (8, 1)]])
+    assert as_lists(res) == [{"cur": [], "leave": [(4, 0), (8, 1)]}, {"cur": [], "leave": []}]
 
 
 def test_long_lists_both_sort_paths() -> None:
-    # Lists longer than the insertion-sort cut-offs and N large enough for 3 radix passes.
+    # One and several 32-id rank blocks, and lists past RANK_SORT_MAX (comparison sort).
     rng = np.random.default_rng(7)
     n = 70_000
     cand_ids = unique_ids(rng, n)
@@ -218,8 +214,7 @@ def test_long_lists_both_sort_paths() -> None:
         vis2.append(list(dict.fromkeys(keep + extra)))
     obs_prev = list(range(len(lengths)))[::-1]
     expected = reference_diff(vis2, ids, obs_prev, prev_lists)
-    for by_rank in (False, True):
-        assert as_lists(run_diff(vis2, ids, obs_prev, prev_lists, by_rank=by_rank)) == expected
+    assert as_lists(run_diff(vis2, ids, obs_prev, prev_lists)) == expected
 
 
 def test_handle_limit() -> None:
@@ -240,12 +235,11 @@ def test_handle_limit() -> None:
     assert np.array_equal(np.sort(res[3]), np.arange(vis.MAX_HANDLES))
 
 
-@pytest.mark.parametrize("by_rank", [False, True])
-def test_caller_bugs_raise(by_rank: bool) -> None:
+def test_caller_bugs_raise() -> None:
     cand = [1, 2, 2]
 
     def run(vis_lists: Lists, obs_prev: list[int], prev: list[list[tuple[int, int]]]) -> None:
-        run_diff(vis_lists, cand, obs_prev, prev, by_rank=by_rank)
+        run_diff(vis_lists, cand, obs_prev, prev)
 
     with pytest.raises(ValueError, match="same entity id twice"):
         run([[0, 0]], [-1], [])
@@ -322,41 +316,154 @@ def test_multi_tick_handle_invariants() -> None:
         obs_prev = np.arange(m, dtype=np.int32)
 
 
+def run_lists_kernel(fn: Any, *inputs: npt.NDArray[Any]) -> tuple[Any, ...]:
+    """Call a ``diff_visibility_lists`` body with freshly allocated outputs."""
+    vis_off, vis_idx, _, obs_prev, prev_off = inputs[:5]
+    v, m = vis_idx.shape[0], vis_off.shape[0] - 1
+    room, bad = vis.leave_room(obs_prev, prev_off)
+    assert bad == -1
+    outs = (
+        np.empty(v, np.uint64),
+        np.empty(v, np.int32),
+        np.empty(v, np.uint16),
+        np.empty(v, np.uint8),
+        np.empty(m + 1, np.int64),
+        np.empty(room, np.uint64),
+        np.empty(room, np.uint16),
+    )
+    n_leaves, status, bad = fn(*inputs, *outs)
+    return (*outs[:5], outs[5][:n_leaves], outs[6][:n_leaves], status, bad)
+
+
 def test_compiled_matches_py_func() -> None:
     rng = np.random.default_rng(11)
-    n = 300
+    n = 400
     cand_ids = unique_ids(rng, n)
-    lists = [rng.choice(n, size=k, replace=False).tolist() for k in (0, 5, 40, 120)]
+    lists = [rng.choice(n, size=k, replace=False).tolist() for k in (0, 5, 40, 120, 300)]
     vis_off, vis_idx = csr(lists, np.int32)
     prev_ids = np.sort(cand_ids[rng.choice(n, size=60, replace=False)])
     prev_off = np.array([0, 20, 60], np.int64)
     prev_handles = np.concatenate([rng.permutation(20), rng.permutation(40) + 3]).astype(np.uint16)
-    obs_prev = np.array([1, -1, 0, 1], np.int32)
-    for order in (np.empty(0, np.int32), np.argsort(cand_ids).astype(np.int32)):
-        args = (vis_off, vis_idx, cand_ids, order, obs_prev, prev_off, prev_ids, prev_handles)
-        compiled: tuple[Any, ...] = vis.diff_visibility_lists(*args)
-        pure = py_func(vis.diff_visibility_lists)(*args)
-        assert compiled[-2:] == pure[-2:] == (0, -1)
-        for c, p in zip(compiled[:-2], pure[:-2], strict=True):
-            assert c.dtype == p.dtype
-            assert np.array_equal(c, p)
-
-    keys = rng.integers(0, 70_000, 100).astype(np.int32)
-    k1, k2 = keys.copy(), keys.copy()
-    scratch, counts = np.empty(100, np.int32), np.zeros(257, np.int64)
-    vis.sort_ranks(k1, 10, 90, 3, scratch, counts)
-    py_func(vis.sort_ranks)(k2, 10, 90, 3, scratch, counts)
-    assert np.array_equal(k1, k2)
-    assert np.array_equal(k1[10:90], np.sort(keys[10:90]))
-    assert np.array_equal(k1[:10], keys[:10]) and np.array_equal(k1[90:], keys[90:])
+    obs_prev = np.array([1, -1, 0, 1, 0], np.int32)
+    args = (vis_off, vis_idx, cand_ids, obs_prev, prev_off, prev_ids, prev_handles)
+    compiled = run_lists_kernel(vis.diff_visibility_lists, *args)
+    pure = run_lists_kernel(py_func(vis.diff_visibility_lists), *args)
+    assert compiled[-2:] == pure[-2:] == (vis.DIFF_OK, -1)
+    for c, p in zip(compiled[:-2], pure[:-2], strict=True):
+        assert c.dtype == p.dtype
+        assert np.array_equal(c, p)
+    assert vis.leave_room(obs_prev, prev_off) == py_func(vis.leave_room)(obs_prev, prev_off)
 
     ids = rng.integers(0, 2**64 - 1, 80, dtype=np.uint64)
-    rows = np.arange(80, dtype=np.int32)
-    i1, r1, i2, r2 = ids.copy(), rows.copy(), ids.copy(), rows.copy()
-    vis.sort_ids_with_rows(i1, r1, 0, 80)
-    py_func(vis.sort_ids_with_rows)(i2, r2, 0, 80)
-    assert np.array_equal(i1, i2) and np.array_equal(r1, r2)
-    assert np.array_equal(i1, np.sort(ids)) and np.array_equal(ids[r1], i1)
+    rows = np.arange(100, dtype=np.int32)
+    a, k = np.uint64(20), np.uint64(80)
+    o1, r1 = np.zeros(100, np.uint64), np.zeros(100, np.int32)
+    o2, r2 = o1.copy(), r1.copy()
+    assert vis.sort_long_list(ids, rows, a, k, o1, r1)
+    assert py_func(vis.sort_long_list)(ids, rows, a, k, o2, r2)
+    assert np.array_equal(o1, o2) and np.array_equal(r1, r2)
+    assert np.array_equal(o1[20:], np.sort(ids)) and np.array_equal(ids[r1[20:] - 20], o1[20:])
+
+
+@vis.kernel
+def _count_below_compiled(keys: npt.NDArray[Any], base: np.uint64, key: Any) -> np.uint64:
+    return vis.count_below(keys, base, key)
+
+
+def test_count_below_matches_numpy() -> None:
+    rng = np.random.default_rng(4)
+    edges = np.array([0, 1, 2**63 - 1, 2**63, 2**64 - 2, 2**64 - 1], np.uint64)
+    keys = np.concatenate([edges, rng.integers(0, 2**64 - 1, 90, dtype=np.uint64, endpoint=True)])
+    keys = np.concatenate([keys, keys[:32]])
+    for base in (0, 7, 32, 64, 96):
+        for key in [*edges.tolist(), *keys[base : base + 40].tolist()]:
+            k = np.uint64(key)
+            want = int(np.count_nonzero(keys[base : base + vis.RANK_LANES] < k))
+            assert vis.count_below(keys, base, k) == want
+            assert _count_below_compiled(keys, np.uint64(base), k) == want
+
+
+@pytest.mark.parametrize("spread", [False, True])
+@pytest.mark.parametrize("n", [2, 31, 32, 33, 64, 65, 256, 257, 600])
+def test_duplicate_found_on_every_sort_path(n: int, spread: bool) -> None:
+    # A repeated id anywhere in the list, first/last included, and two repeats at once;
+    # ids within 2**32 of each other (32-bit ranks) or spread over the whole range.
+    rng = np.random.default_rng(n)
+    step = 2**64 // (n + 2) if spread else 3
+    cand = [U64_MAX - step * i for i in range(n)]
+    cand2 = [*cand, cand[0], cand[n - 1]]  # rows n and n + 1 repeat rows 0 and n - 1
+    for at in {0, n // 2, n}:
+        rows = rng.permutation(n).tolist()
+        rows.insert(at, n)
+        with pytest.raises(ValueError, match="same entity id twice"):
+            run_diff([[], rows], cand2, [-1, -1], [])
+    rows = [*rng.permutation(n).tolist(), n + 1, n]
+    with pytest.raises(ValueError, match="same entity id twice"):
+        run_diff([rows], cand2, [-1], [])
+    # Without the repeat the same list sorts fine.
+    got = as_lists(run_diff([rng.permutation(n).tolist()], cand, [-1], []))
+    assert [i for i, *_ in got[0]["cur"]] == sorted(cand)
+
+
+@pytest.mark.parametrize("width", [2**32 - 1, 2**32])
+def test_id_ranges_at_the_32_bit_boundary(width: int) -> None:
+    # Lists whose ids span exactly 2**32 - 1 (ranked as 32-bit offsets) or 2**32 (64-bit).
+    rng = np.random.default_rng(width)
+    for lo in (0, 2**63 - 7, U64_MAX - width):
+        for n in (2, 32, 33, 100):
+            inner = rng.choice(width - 1, size=n - 2, replace=False) + 1
+            ids = [lo, lo + width, *(lo + int(x) for x in inner)]
+            order = rng.permutation(n).tolist()
+            prev = [[(i, h) for h, i in enumerate(sorted(ids[: n // 2]))]]
+            args = ([order], ids, [0], prev)
+            assert as_lists(run_diff(*args)) == reference_diff(*args)
+        with pytest.raises(ValueError, match="same entity id twice"):
+            run_diff([[0, 1, 2]], [lo + width, lo, lo + width], [-1], [])
+
+
+def test_first_error_wins_like_a_sequential_scan() -> None:
+    cand = [1, 2, 3]
+    # A bad obs_prev anywhere is reported before any list is looked at.
+    with pytest.raises(ValueError, match=r"obs_prev\[1\]"):
+        run_diff([[0, 0], [1]], cand, [-1, 5], [])
+    # Within one observer: repeated id, then unsorted previous list, then a reused handle.
+    with pytest.raises(ValueError, match="same entity id twice"):
+        run_diff([[0, 0, 1]], cand, [0], [[(3, 0), (2, 1)]])
+    with pytest.raises(ValueError, match="not sorted"):
+        run_diff([[0, 1]], cand, [0], [[(1, 4), (2, 4), (2, 5)]])
+    # Observers are checked in order.
+    with pytest.raises(ValueError, match="observer 0's previous list gives"):
+        run_diff([[0, 1], [2, 2]], cand, [0, -1], [[(1, 4), (2, 4)]])
+
+
+def test_leave_room_and_short_leave_buffers() -> None:
+    prev_off = np.array([0, 3, 3, 7], np.int64)
+    obs_prev = np.array([2, -1, 0, 2], np.int32)
+    assert vis.leave_room(obs_prev, prev_off) == (11, -1)
+    assert vis.leave_room(np.array([0, 3, -2], np.int32), prev_off) == (0, 1)
+    assert vis.leave_room(np.zeros(0, np.int32), prev_off) == (0, -1)
+    # The kernel refuses leave outputs shorter than leave_room says.
+    ids = np.array([10, 20], np.uint64)
+    out = (
+        np.empty(2, np.uint64),
+        np.empty(2, np.int32),
+        np.empty(2, np.uint16),
+        np.empty(2, np.uint8),
+        np.empty(2, np.int64),
+        np.empty(1, np.uint64),
+        np.empty(1, np.uint16),
+    )
+    res = vis.diff_visibility_lists(
+        np.array([0, 2], np.int64),
+        np.array([0, 1], np.int32),
+        ids,
+        np.array([0], np.int32),
+        np.array([0, 2], np.int64),
+        np.array([5, 6], np.uint64),
+        np.array([0, 1], np.uint16),
+        *out,
+    )
+    assert res[1] == vis.DIFF_LEAVES_TOO_SHORT
 
 
 def test_warm_up_runs() -> None:

@@ -12,6 +12,13 @@ Per snapshot tick the zone:
 3. builds ``pub_blob``/``own_blob`` with :func:`pack_columns` and sets ``cand_updated`` for rows
    whose blob bytes (or owner) changed since the last snapshot;
 4. calls :func:`encode_snapshots` and sends ``buf[off[i]:off[i + 1]]`` to observer ``i``.
+
+The encoder is two kernels: :func:`size_snapshot_payloads` counts every section and sizes
+every payload, :func:`encode_snapshots` allocates the buffer with numpy (cheaper to
+first-touch than a buffer allocated inside a kernel), and :func:`write_snapshot_payloads`
+fills it. Moves, the bulk of a steady-state payload, are written by a loop of their own.
+Multi-byte fields are written as adjacent byte stores of one value, which LLVM merges into
+single 16-, 32- and 64-bit stores.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ _I16_MIN = -32768
 _I16_MAX = 32767
 _I32_MIN = -2147483648
 _I32_MAX = 2147483647
+
+# Hot loops index with uint64: numba wraps negative signed indices (an extra compare and
+# select per access).
+_U = np.uint64
 
 
 @kernel
@@ -81,40 +92,42 @@ def quantize_positions(
 
 
 @kernel
-def _put_u8(buf: npt.NDArray[np.uint8], o: _Int, v: _Int) -> _Int:
+def _put_u16(buf: npt.NDArray[np.uint8], o: np.uint64, v: _Int) -> np.uint64:
+    # Adjacent byte stores of one value compile to a single 16-bit store.
     buf[o] = np.uint8(v & 0xFF)
-    return o + 1
+    buf[o + _U(1)] = np.uint8((v >> 8) & 0xFF)
+    return o + _U(2)
 
 
 @kernel
-def _put_u16(buf: npt.NDArray[np.uint8], o: _Int, v: _Int) -> _Int:
+def _put_u32(buf: npt.NDArray[np.uint8], o: np.uint64, v: _Int) -> np.uint64:
     buf[o] = np.uint8(v & 0xFF)
-    buf[o + 1] = np.uint8((v >> 8) & 0xFF)
-    return o + 2
+    buf[o + _U(1)] = np.uint8((v >> 8) & 0xFF)
+    buf[o + _U(2)] = np.uint8((v >> 16) & 0xFF)
+    buf[o + _U(3)] = np.uint8((v >> 24) & 0xFF)
+    return o + _U(4)
 
 
 @kernel
-def _put_u32(buf: npt.NDArray[np.uint8], o: _Int, v: _Int) -> _Int:
-    for s in range(4):
-        buf[o + s] = np.uint8((v >> (8 * s)) & 0xFF)
-    return o + 4
+def _put_u64(buf: npt.NDArray[np.uint8], o: np.uint64, v: np.uint64) -> np.uint64:
+    mask = _U(0xFF)
+    buf[o] = np.uint8(v & mask)
+    buf[o + _U(1)] = np.uint8((v >> _U(8)) & mask)
+    buf[o + _U(2)] = np.uint8((v >> _U(16)) & mask)
+    buf[o + _U(3)] = np.uint8((v >> _U(24)) & mask)
+    buf[o + _U(4)] = np.uint8((v >> _U(32)) & mask)
+    buf[o + _U(5)] = np.uint8((v >> _U(40)) & mask)
+    buf[o + _U(6)] = np.uint8((v >> _U(48)) & mask)
+    buf[o + _U(7)] = np.uint8((v >> _U(56)) & mask)
+    return o + _U(8)
 
 
 @kernel
-def _put_u64(buf: npt.NDArray[np.uint8], o: _Int, v: np.uint64) -> _Int:
-    mask = np.uint64(0xFF)
-    for s in range(8):
-        buf[o + s] = np.uint8((v >> np.uint64(8 * s)) & mask)
-    return o + 8
-
-
-@kernel
-def _put_handle(buf: npt.NDArray[np.uint8], o: _Int, h: _Int, wide: bool) -> _Int:
-    buf[o] = np.uint8(h & 0xFF)
+def _put_handle(buf: npt.NDArray[np.uint8], o: np.uint64, h: _Int, wide: bool) -> np.uint64:
     if wide:
-        buf[o + 1] = np.uint8((h >> 8) & 0xFF)
-        return o + 2
-    return o + 1
+        return _put_u16(buf, o, h)
+    buf[o] = np.uint8(h & 0xFF)
+    return o + _U(1)
 
 
 @kernel
@@ -124,6 +137,205 @@ def _clamp_i16(v: _Int) -> _Int:
     if v > _I16_MAX:
         return _I16_MAX
     return v
+
+
+@kernel
+def _put_blob(
+    buf: npt.NDArray[np.uint8], o: np.uint64, blob: npt.NDArray[np.uint8], j: np.uint64
+) -> np.uint64:
+    w = _U(blob.shape[1])
+    for c in range(w):
+        buf[o + c] = blob[j, c]
+    return o + w
+
+
+@kernel
+def size_snapshot_payloads(
+    reset: npt.NDArray[np.uint8],
+    cur_off: npt.NDArray[np.int64],
+    cur_idx: npt.NDArray[np.int32],
+    cur_handle: npt.NDArray[np.uint16],
+    cur_state: npt.NDArray[np.uint8],
+    leave_off: npt.NDArray[np.int64],
+    leave_handle: npt.NDArray[np.uint16],
+    cand_moved: npt.NDArray[np.uint8],
+    cand_updated: npt.NDArray[np.uint8],
+    cand_owner: npt.NDArray[np.uint64],
+    obs_owner: npt.NDArray[np.uint64],
+    pub_width: int,
+    own_width: int,
+    wide_handles: bool,
+    off: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.int64],
+) -> tuple[int, int]:
+    """First pass of the encoder: every payload's section counts and size.
+
+    Arguments as for :func:`encode_snapshot_payloads` (``pub_width``/``own_width`` are
+    ``W``/``W2``), plus the outputs ``off``: ``int64[M + 1]``, the payload offsets (a prefix
+    sum of the sizes), and ``counts``: ``int64[M, 4]``, per observer the spawn, move and
+    update counts and the spawn section's byte size. Returns ``(status, bad_observer)``: on
+    an ``ENCODE_*`` error the outputs are meaningless past ``bad_observer``. The caller then
+    allocates ``uint8[off[M]]`` and runs :func:`write_snapshot_payloads`.
+    """
+    m = cur_off.shape[0] - 1
+    hsz = 2 if wide_handles else 1
+    hmax = 65535 if wide_handles else MAX_NARROW_HANDLE
+    spawn_size = hsz + 15 + pub_width
+    update_size = hsz + 1 + pub_width
+    off[0] = 0
+    total = np.int64(0)
+    for i in range(m):
+        full = reset[i] != 0
+        owner = obs_owner[i]
+        has_owner = owner != _U(0)
+        widest = np.uint16(0)
+        nd = np.int64(0)
+        if not full:
+            nd = leave_off[i + 1] - leave_off[i]
+            for k in range(_U(leave_off[i]), _U(leave_off[i + 1])):
+                widest = max(widest, leave_handle[k])
+        ns = np.int64(0)
+        ns_owned = np.int64(0)
+        nm = np.int64(0)
+        nu = np.int64(0)
+        nu_owned = np.int64(0)
+        ka = _U(cur_off[i])
+        kb = _U(cur_off[i + 1])
+        if full:
+            ns = np.int64(kb - ka)
+            for k in range(ka, kb):
+                widest = max(widest, cur_handle[k])
+                if has_owner and cand_owner[_U(cur_idx[k])] == owner:
+                    ns_owned += 1
+        else:
+            # Counting without branches measured 15-40 % faster than an if/else per entry.
+            for k in range(ka, kb):
+                j = _U(cur_idx[k])
+                widest = max(widest, cur_handle[k])
+                stay = np.int64(cur_state[k] == 0)
+                ns += 1 - stay
+                nm += stay & np.int64(cand_moved[j] != 0)
+                nu += stay & np.int64(cand_updated[j] != 0)
+            # Owned entries only change the size when there is an owner-scoped blob.
+            if own_width > 0 and has_owner and ns + nu > 0:
+                for k in range(ka, kb):
+                    j = _U(cur_idx[k])
+                    if cand_owner[j] == owner:
+                        if cur_state[k] != 0:
+                            ns_owned += 1
+                        elif cand_updated[j] != 0:
+                            nu_owned += 1
+        if np.int64(widest) > hmax:
+            return ENCODE_HANDLE_TOO_WIDE, i
+        if max(max(nd, ns), max(nm, nu)) > MAX_SECTION_COUNT:
+            return ENCODE_SECTION_TOO_LONG, i
+        spawn_bytes = ns * spawn_size + ns_owned * own_width
+        counts[i, 0] = ns
+        counts[i, 1] = nm
+        counts[i, 2] = nu
+        counts[i, 3] = spawn_bytes
+        total += HEADER_SIZE + nd * hsz + spawn_bytes + nm * (hsz + 4)
+        total += nu * update_size + nu_owned * own_width
+        off[i + 1] = total
+    return ENCODE_OK, -1
+
+
+@kernel
+def write_snapshot_payloads(
+    tick: _Int,
+    reset: npt.NDArray[np.uint8],
+    base_q: npt.NDArray[np.int32],
+    cur_off: npt.NDArray[np.int64],
+    cur_idx: npt.NDArray[np.int32],
+    cur_handle: npt.NDArray[np.uint16],
+    cur_state: npt.NDArray[np.uint8],
+    leave_off: npt.NDArray[np.int64],
+    leave_handle: npt.NDArray[np.uint16],
+    cand_ids: npt.NDArray[np.uint64],
+    cand_kind: npt.NDArray[np.uint16],
+    cand_q: npt.NDArray[np.int32],
+    cand_moved: npt.NDArray[np.uint8],
+    cand_updated: npt.NDArray[np.uint8],
+    pub_blob: npt.NDArray[np.uint8],
+    own_blob: npt.NDArray[np.uint8],
+    cand_owner: npt.NDArray[np.uint64],
+    obs_owner: npt.NDArray[np.uint64],
+    wide_handles: bool,
+    off: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.int64],
+    buf: npt.NDArray[np.uint8],
+) -> None:
+    """Second pass of the encoder: write every payload into ``buf``.
+
+    Arguments as for :func:`encode_snapshot_payloads`, plus ``off`` and ``counts`` from a
+    successful :func:`size_snapshot_payloads` and ``buf``: ``uint8[off[M]]``, written here
+    (every byte of it). Returns nothing.
+    """
+    m = cur_off.shape[0] - 1
+    # One dimension: the row stride is then a constant, not a load and a multiply.
+    q = cand_q.reshape(-1)
+    tick32 = tick & 0xFFFFFFFF
+    flags0 = FLAG_WIDE if wide_handles else 0
+    for i in range(m):
+        full = reset[i] != 0
+        owner = obs_owner[i]
+        has_owner = owner != _U(0)
+        bx = np.int64(base_q[i, 0])
+        by = np.int64(base_q[i, 1])
+        la = _U(leave_off[i])
+        lb = la if full else _U(leave_off[i + 1])
+        ns = counts[i, 0]
+        nm = counts[i, 1]
+        nu = counts[i, 2]
+        o = _U(off[i])
+        buf[o] = np.uint8(flags0 | (FLAG_RESET if full else 0))
+        o = _put_u32(buf, o + _U(1), tick32)
+        o = _put_u32(buf, o, bx & 0xFFFFFFFF)
+        o = _put_u32(buf, o, by & 0xFFFFFFFF)
+        o = _put_u16(buf, o, np.int64(lb - la))
+        o = _put_u16(buf, o, ns)
+        o = _put_u16(buf, o, nm)
+        o = _put_u16(buf, o, nu)
+        for k in range(la, lb):
+            o = _put_handle(buf, o, leave_handle[k], wide_handles)
+        # Spawns, moves and updates interleave in the list, so each section gets a cursor.
+        # Moves, the bulk of a payload, get a loop of their own: it needs few registers.
+        ka = _U(cur_off[i])
+        kb = _U(cur_off[i + 1])
+        so = o
+        mo = so + _U(counts[i, 3])
+        if nm != 0:
+            for k in range(ka, kb):
+                j = _U(cur_idx[k])
+                if cur_state[k] == 0 and cand_moved[j] != 0:
+                    mo = _put_handle(buf, mo, cur_handle[k], wide_handles)
+                    mo = _put_u16(buf, mo, _clamp_i16(np.int64(q[_U(2) * j]) - bx))
+                    mo = _put_u16(buf, mo, _clamp_i16(np.int64(q[_U(2) * j + _U(1)]) - by))
+        if ns == 0 and nu == 0:
+            continue
+        uo = mo
+        for k in range(ka, kb):
+            j = _U(cur_idx[k])
+            spawn = full or cur_state[k] != 0
+            if not spawn and cand_updated[j] == 0:
+                continue
+            owned = has_owner and cand_owner[j] == owner
+            if spawn:
+                so = _put_handle(buf, so, cur_handle[k], wide_handles)
+                so = _put_u64(buf, so, cand_ids[j])
+                so = _put_u16(buf, so, cand_kind[j])
+                so = _put_u16(buf, so, _clamp_i16(np.int64(q[_U(2) * j]) - bx))
+                so = _put_u16(buf, so, _clamp_i16(np.int64(q[_U(2) * j + _U(1)]) - by))
+                buf[so] = np.uint8(1 if owned else 0)
+                so = _put_blob(buf, so + _U(1), pub_blob, j)
+                if owned:
+                    so = _put_blob(buf, so, own_blob, j)
+            else:
+                uo = _put_handle(buf, uo, cur_handle[k], wide_handles)
+                buf[uo] = np.uint8(1 if owned else 0)
+                uo = _put_blob(buf, uo + _U(1), pub_blob, j)
+                if owned:
+                    uo = _put_blob(buf, uo, own_blob, j)
 
 
 @kernel
@@ -170,138 +382,57 @@ def encode_snapshot_payloads(
     Returns ``(buf uint8[total], off int64[M + 1], status, bad_observer)``; observer ``i``'s
     payload is ``buf[off[i]:off[i + 1]]``. ``status`` is ``ENCODE_OK`` or an ``ENCODE_*``
     error code (then ``buf`` is empty and ``bad_observer`` names the observer at fault).
+    This is :func:`size_snapshot_payloads` then :func:`write_snapshot_payloads`;
+    :func:`encode_snapshots` runs the two itself so that the buffer comes from numpy.
     """
     m = cur_off.shape[0] - 1
-    w = pub_blob.shape[1]
-    w2 = own_blob.shape[1]
-    hsz = 2 if wide_handles else 1
-    hmax = 65535 if wide_handles else MAX_NARROW_HANDLE
-    tick32 = tick & 0xFFFFFFFF
-    n_spawn = np.zeros(m, np.int64)
-    n_move = np.zeros(m, np.int64)
-    n_update = np.zeros(m, np.int64)
-    spawn_bytes = np.zeros(m, np.int64)
     off = np.zeros(m + 1, np.int64)
-    status = ENCODE_OK
-    bad = -1
-
-    for i in range(m):
-        full = reset[i] != 0
-        owner = obs_owner[i]
-        has_owner = owner != np.uint64(0)
-        nd = np.int64(0)
-        if not full:
-            nd = leave_off[i + 1] - leave_off[i]
-            for k in range(leave_off[i], leave_off[i + 1]):
-                if np.int64(leave_handle[k]) > hmax:
-                    status = ENCODE_HANDLE_TOO_WIDE
-        ns = np.int64(0)
-        nm = np.int64(0)
-        nu = np.int64(0)
-        sb = np.int64(0)
-        ub = np.int64(0)
-        for k in range(cur_off[i], cur_off[i + 1]):
-            j = cur_idx[k]
-            if np.int64(cur_handle[k]) > hmax:
-                status = ENCODE_HANDLE_TOO_WIDE
-            extra = w2 if (has_owner and cand_owner[j] == owner) else 0
-            if full or cur_state[k] != 0:
-                ns += 1
-                sb += hsz + 15 + w + extra
-            else:
-                if cand_moved[j] != 0:
-                    nm += 1
-                if cand_updated[j] != 0:
-                    nu += 1
-                    ub += hsz + 1 + w + extra
-        if status == ENCODE_OK and (
-            nd > MAX_SECTION_COUNT
-            or ns > MAX_SECTION_COUNT
-            or nm > MAX_SECTION_COUNT
-            or nu > MAX_SECTION_COUNT
-        ):
-            status = ENCODE_SECTION_TOO_LONG
-        if status != ENCODE_OK:
-            bad = i
-            break
-        n_spawn[i] = ns
-        n_move[i] = nm
-        n_update[i] = nu
-        spawn_bytes[i] = sb
-        off[i + 1] = off[i] + HEADER_SIZE + nd * hsz + sb + nm * (hsz + 4) + ub
-
+    counts = np.empty((m, 4), np.int64)
+    status, bad = size_snapshot_payloads(
+        reset,
+        cur_off,
+        cur_idx,
+        cur_handle,
+        cur_state,
+        leave_off,
+        leave_handle,
+        cand_moved,
+        cand_updated,
+        cand_owner,
+        obs_owner,
+        pub_blob.shape[1],
+        own_blob.shape[1],
+        wide_handles,
+        off,
+        counts,
+    )
     if status != ENCODE_OK:
         return np.empty(0, np.uint8), np.zeros(m + 1, np.int64), status, bad
-
     buf = np.empty(off[m], np.uint8)
-    for i in range(m):
-        full = reset[i] != 0
-        owner = obs_owner[i]
-        has_owner = owner != np.uint64(0)
-        bx = np.int64(base_q[i, 0])
-        by = np.int64(base_q[i, 1])
-        la = leave_off[i]
-        lb = leave_off[i + 1]
-        if full:
-            lb = la
-        flags = FLAG_WIDE if wide_handles else 0
-        if full:
-            flags |= FLAG_RESET
-        o = off[i]
-        o = _put_u8(buf, o, flags)
-        o = _put_u32(buf, o, tick32)
-        o = _put_u32(buf, o, bx & 0xFFFFFFFF)
-        o = _put_u32(buf, o, by & 0xFFFFFFFF)
-        o = _put_u16(buf, o, lb - la)
-        o = _put_u16(buf, o, n_spawn[i])
-        o = _put_u16(buf, o, n_move[i])
-        o = _put_u16(buf, o, n_update[i])
-        for k in range(la, lb):
-            o = _put_handle(buf, o, np.int64(leave_handle[k]), wide_handles)
-        # Spawns, moves and updates interleave in the list, so each section gets a cursor.
-        so = o
-        mo = so + spawn_bytes[i]
-        uo = mo + n_move[i] * (hsz + 4)
-        for k in range(cur_off[i], cur_off[i + 1]):
-            j = cur_idx[k]
-            h = np.int64(cur_handle[k])
-            owned = has_owner and cand_owner[j] == owner
-            spawn = full or cur_state[k] != 0
-            if spawn or cand_moved[j] != 0:
-                rx = _clamp_i16(np.int64(cand_q[j, 0]) - bx) & 0xFFFF
-                ry = _clamp_i16(np.int64(cand_q[j, 1]) - by) & 0xFFFF
-            else:
-                rx = 0
-                ry = 0
-            if spawn:
-                so = _put_handle(buf, so, h, wide_handles)
-                so = _put_u64(buf, so, cand_ids[j])
-                so = _put_u16(buf, so, np.int64(cand_kind[j]))
-                so = _put_u16(buf, so, rx)
-                so = _put_u16(buf, so, ry)
-                so = _put_u8(buf, so, 1 if owned else 0)
-                for c in range(w):
-                    buf[so + c] = pub_blob[j, c]
-                so += w
-                if owned:
-                    for c in range(w2):
-                        buf[so + c] = own_blob[j, c]
-                    so += w2
-                continue
-            if cand_moved[j] != 0:
-                mo = _put_handle(buf, mo, h, wide_handles)
-                mo = _put_u16(buf, mo, rx)
-                mo = _put_u16(buf, mo, ry)
-            if cand_updated[j] != 0:
-                uo = _put_handle(buf, uo, h, wide_handles)
-                uo = _put_u8(buf, uo, 1 if owned else 0)
-                for c in range(w):
-                    buf[uo + c] = pub_blob[j, c]
-                uo += w
-                if owned:
-                    for c in range(w2):
-                        buf[uo + c] = own_blob[j, c]
-                    uo += w2
+    write_snapshot_payloads(
+        tick,
+        reset,
+        base_q,
+        cur_off,
+        cur_idx,
+        cur_handle,
+        cur_state,
+        leave_off,
+        leave_handle,
+        cand_ids,
+        cand_kind,
+        cand_q,
+        cand_moved,
+        cand_updated,
+        pub_blob,
+        own_blob,
+        cand_owner,
+        obs_owner,
+        wide_handles,
+        off,
+        counts,
+        buf,
+    )
     return buf, off, status, bad
 
 
@@ -384,10 +515,42 @@ def encode_snapshots(
         raise ValueError(f"pub_blob must have shape ({n}, W), got {pub_blob.shape}")
     if own_blob.ndim != 2 or own_blob.shape[0] != n:
         raise ValueError(f"own_blob must have shape ({n}, W2), got {own_blob.shape}")
-    if v and (int(cur_idx.min()) < 0 or int(cur_idx.max()) >= n):
+    # Read as uint32, a negative row is above any valid one: one pass finds both kinds.
+    if v and int(cur_idx.view(np.uint32).max()) >= n:
         raise ValueError(f"cur_idx holds a row outside [0, {n})")
 
-    buf, off, status, bad = encode_snapshot_payloads(
+    off = np.empty(m + 1, np.int64)
+    counts = np.empty((m, 4), np.int64)
+    status, bad = size_snapshot_payloads(
+        reset,
+        cur_off,
+        cur_idx,
+        cur_handle,
+        cur_state,
+        leave_off,
+        leave_handle,
+        cand_moved,
+        cand_updated,
+        cand_owner,
+        obs_owner,
+        pub_blob.shape[1],
+        own_blob.shape[1],
+        bool(wide_handles),
+        off,
+        counts,
+    )
+    if status == ENCODE_SECTION_TOO_LONG:
+        raise ValueError(
+            f"observer {bad}'s snapshot has a section over {MAX_SECTION_COUNT} entries"
+        )
+    if status == ENCODE_HANDLE_TOO_WIDE:
+        raise ValueError(
+            f"observer {bad} uses a handle above {MAX_NARROW_HANDLE}; pass wide_handles=True"
+        )
+    if status != ENCODE_OK:
+        raise ValueError(f"snapshot encoding failed with status {status} at observer {bad}")
+    buf = np.empty(int(off[m]), np.uint8)
+    write_snapshot_payloads(
         np.int64(tick),
         reset,
         base_q,
@@ -407,17 +570,10 @@ def encode_snapshots(
         cand_owner,
         obs_owner,
         bool(wide_handles),
+        off,
+        counts,
+        buf,
     )
-    if status == ENCODE_SECTION_TOO_LONG:
-        raise ValueError(
-            f"observer {bad}'s snapshot has a section over {MAX_SECTION_COUNT} entries"
-        )
-    if status == ENCODE_HANDLE_TOO_WIDE:
-        raise ValueError(
-            f"observer {bad} uses a handle above {MAX_NARROW_HANDLE}; pass wide_handles=True"
-        )
-    if status != ENCODE_OK:
-        raise ValueError(f"snapshot encoding failed with status {status} at observer {bad}")
     return buf, off
 
 
@@ -455,8 +611,7 @@ def warm_up() -> None:
     """Load (or compile) every kernel of this module on tiny arrays of the production dtypes."""
     q, moved = quantize_positions(np.zeros((2, 2), np.float32), 0.01, np.zeros((2, 2), np.int32))
     for wide in (False, True):
-        encode_snapshots(
-            1,
+        args = (
             np.array([0, 1], np.uint8),
             np.zeros((2, 2), np.int32),
             np.array([0, 2, 3], np.int64),
@@ -476,3 +631,5 @@ def warm_up() -> None:
             np.array([7, 0], np.uint64),
             wide,
         )
+        encode_snapshots(1, *args)
+        encode_snapshot_payloads(np.int64(1), *args)
