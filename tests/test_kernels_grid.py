@@ -257,3 +257,71 @@ def test_order_is_a_permutation(n: int) -> None:
     spec = plan_grid(pos, 4.0)
     _, order, _ = build_cell_index(pos, *spec)
     np.testing.assert_array_equal(np.sort(order), np.arange(n))
+
+
+def reference_bounds(pos: F32) -> tuple[float, float, float, float, int]:
+    ok = np.isfinite(pos).all(axis=1)
+    if not ok.any():
+        return 0.0, 0.0, 0.0, 0.0, 0
+    p = pos[ok].astype(np.float64)
+    return (p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max(), int(ok.sum()))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    pts=st.lists(
+        st.tuples(
+            st.floats(width=32, allow_nan=True, allow_infinity=True),
+            st.floats(width=32, allow_nan=True, allow_infinity=True),
+        ),
+        max_size=50,
+    )
+)
+def test_compute_bounds_property(pts: list[tuple[float, float]]) -> None:
+    # Any float32 values: signed zeros, subnormals, the largest finite, inf and NaN.
+    pos = np.array(pts, np.float32).reshape(-1, 2)
+    expected = reference_bounds(pos)
+    assert compute_bounds(pos) == expected
+    assert py_func(compute_bounds)(pos) == expected
+
+
+def test_compute_bounds_extremes() -> None:
+    big = float(np.finfo(np.float32).max)
+    tiny = float(np.finfo(np.float32).smallest_subnormal)
+    pos = np.array(
+        [[-0.0, 0.0], [tiny, -tiny], [big, -big], [-big, big], [np.inf, 1.0], [1.0, -np.inf]],
+        np.float32,
+    )
+    assert compute_bounds(pos) == (-big, -big, big, big, 4)
+    assert compute_bounds(pos[:2]) == (0.0, -tiny, tiny, 0.0, 2)
+    assert compute_bounds(np.array([[-3.5, -7.25]], np.float32)) == (-3.5, -7.25, -3.5, -7.25, 1)
+
+
+def test_large_index_matches_stable_argsort() -> None:
+    # Enough points that every loop runs its vector code, with clusters, outliers and
+    # non-finite points.
+    rng = np.random.default_rng(6)
+    pos = (rng.random((70_000, 2)) * [900.0, 500.0]).astype(np.float32)
+    pos[:5000] = pos[:5000] * np.float32(0.01) + np.float32(300.0)
+    pos[5000:5100] = [[-1e6, 2e6]]
+    pos[5100:5110] = np.nan
+    spec = plan_grid(pos, 12.0)
+    check_index(pos, *spec)
+    n = pos.shape[0]
+    bufs = [np.empty(spec.ncells + 1, np.int64), np.empty(n, np.int32)]
+    cols = [np.empty(n, np.float64), np.empty(n, np.float64), np.empty(n, np.int32)]
+    sort_into_cells_xy(pos, *spec, *bufs, *cols)
+    cell_start, order, sorted_pos = build_cell_index(pos, *spec)
+    np.testing.assert_array_equal(bufs[0], cell_start)
+    np.testing.assert_array_equal(bufs[1], order)
+    np.testing.assert_array_equal(cols[0], sorted_pos[:, 0])
+    np.testing.assert_array_equal(cols[2], reference_cells(pos, *spec))
+
+
+def test_strided_positions_are_accepted() -> None:
+    rng = np.random.default_rng(7)
+    base = (rng.random((600, 2)) * 40.0).astype(np.float32)
+    strided = base[::3]
+    assert not strided.flags.c_contiguous
+    check_index(strided, 0.0, 0.0, 4.0, 10, 10)
+    assert compute_bounds(strided) == compute_bounds(np.ascontiguousarray(strided))

@@ -14,19 +14,28 @@ from shardworld.kernels import interest
 from shardworld.kernels._jit import py_func
 from shardworld.kernels.grid import plan_grid
 from shardworld.kernels.interest import (
+    check_previous,
     compute_interest,
     contains_id,
     count_bits,
     count_in_range,
     count_interest,
+    count_within,
     fill_in_range,
     fill_interest,
+    gather_slot_ids,
     lowest_bit,
     mask_in_range,
+    mask_in_ranges,
     measure_blocks,
+    measure_lists,
+    move_lists,
     place_lists,
+    scan_interest,
+    select_interest,
     store_selected,
     store_selected_bits,
+    write_nearest_words,
 )
 
 F32 = npt.NDArray[np.float32]
@@ -494,3 +503,370 @@ def test_vector_helpers_compiled_and_python_agree() -> None:
 
 def test_warm_up_runs() -> None:
     interest.warm_up()
+
+
+# --- the zone's query: one pass with hysteresis and a k-nearest cap ---------------------
+
+
+def clustered(n: int, seed: int, spots: int = 4, spread: float = 6.0) -> F32:
+    """Points piled around a few spots, some exactly on top of each other."""
+    rng = np.random.default_rng(seed)
+    centres = rng.random((spots, 2)) * 100.0
+    pos = centres[rng.integers(0, spots, n)] + rng.normal(0.0, spread, (n, 2))
+    pos[rng.random(n) < 0.1] = centres[0]
+    return pos.astype(np.float32)
+
+
+def previous_sets(
+    cand: F32, obs: F32, ids: U64, radius: float, seed: int, keep: float = 0.7
+) -> list[set[int]]:
+    """Plausible previous lists: most of what is within radius + 8, plus some strangers."""
+    rng = np.random.default_rng(seed)
+    near = squared_distances(cand, obs) <= (radius + 8.0) ** 2
+    sets = []
+    for i in range(obs.shape[0]):
+        js = np.flatnonzero(near[i] & (rng.random(cand.shape[0]) < keep))
+        strangers = rng.choice(10**6, 3) + 10**7
+        sets.append({int(ids[j]) for j in js} | {int(x) for x in strangers})
+    return sets
+
+
+def reference_ball(
+    cand: F32,
+    obs: F32,
+    radius: float,
+    hysteresis: float,
+    k_max: int,
+    ids: U64,
+    prev_sets: list[set[int]],
+) -> list[list[int]]:
+    """The zone's rule with scipy doing the range queries (independent of brute_force)."""
+    tree = cKDTree(cand.astype(np.float64))
+    o64 = obs.astype(np.float64)
+    inner = tree.query_ball_point(o64, radius)
+    outer = tree.query_ball_point(o64, radius + hysteresis)
+    out = []
+    for i in range(obs.shape[0]):
+        keep = set(inner[i]) | {j for j in outer[i] if int(ids[j]) in prev_sets[i]}
+        js = np.array(sorted(keep), np.int64)
+        d2 = squared_distances(cand[js], obs[i : i + 1])[0]
+        js = js[np.lexsort((js, d2))]
+        out.append([int(j) for j in (js[:k_max] if k_max else js)])
+    return out
+
+
+def test_zone_query_at_scale_matches_ckdtree() -> None:
+    # 20k entities, a tenth of them observers, 50 m radius, 5 m hysteresis, k_max 128,
+    # plus a crowd where the cap binds and annulus candidates compete for the last places.
+    rng = np.random.default_rng(30)
+    side = float(np.sqrt(20_000 * np.pi * 2500.0 / 25.0))
+    pos = (rng.random((20_000, 2)) * side).astype(np.float32)
+    crowd = rng.choice(20_000, 2_000, replace=False)
+    ang = rng.uniform(0, 2 * np.pi, 2_000)
+    rad = 50.0 * np.sqrt(rng.random(2_000))
+    pos[crowd] = np.stack([side / 2 + rad * np.cos(ang), side / 2 + rad * np.sin(ang)], 1)
+    ids = rng.choice(2**62, 20_000, replace=False).astype(np.uint64)
+    obs_rows = np.sort(rng.choice(20_000, 2_000, replace=False))
+    obs = pos[obs_rows]
+    prev_sets = previous_sets(pos, obs, ids, 50.0, 31)
+    off, prev_ids = prev_csr(prev_sets)
+    obs_prev = np.arange(2_000, dtype=np.int32)
+    obs_prev[::17] = -1
+    per_obs = [prev_sets[p] if p >= 0 else set() for p in obs_prev]
+    got = compute_interest(pos, obs, 50.0, 5.0, 128, ids, obs_prev, off, prev_ids)
+    assert_matches(got, reference_ball(pos, obs, 50.0, 5.0, 128, ids, per_obs))
+    assert np.diff(got[0]).max() == 128
+
+
+@pytest.mark.parametrize("k_max", [1, 7, 40, 100])
+def test_cap_with_exact_ties_keeps_lowest_indices(k_max: int) -> None:
+    # 150 candidates on one spot, more on a ring at one distance: the cut-off falls
+    # inside groups of equal distances, where only the lower indices may stay.
+    spot = np.full((150, 2), 20.0, np.float32)
+    ang = np.linspace(0, 2 * np.pi, 80, endpoint=False)
+    ring = (20.0 + 3.0 * np.stack([np.cos(ang), np.sin(ang)], 1)).astype(np.float32)
+    cand = np.concatenate([uniform(100, 40.0, 40), spot, ring, spot[:40] + np.float32(1.0)])
+    obs = np.concatenate([spot[:3], np.array([[21.0, 20.0], [23.0, 20.0]], np.float32)])
+    ids = np.arange(cand.shape[0], dtype=np.uint64) + np.uint64(7)
+    prev_sets = [set(range(7, cand.shape[0] + 7, 2))] * obs.shape[0]
+    off, prev_ids = prev_csr(prev_sets[:1])
+    obs_prev = np.zeros(obs.shape[0], np.int32)
+    got = compute_interest(cand, obs, 6.0, 2.0, k_max, ids, obs_prev, off, prev_ids)
+    expected = brute_force(cand, obs, 6.0, 2.0, k_max, ids, prev_sets)
+    assert_matches(got, expected)
+    assert_matches(
+        compute_interest(cand, obs, 6.0, 0.0, k_max), brute_force(cand, obs, 6.0, 0.0, k_max)
+    )
+
+
+def test_cap_with_infinite_radius() -> None:
+    cand = clustered(300, 32)
+    obs = cand[:25]
+    got = compute_interest(cand, obs, np.inf, 0.0, 9)
+    assert_matches(got, brute_force(cand, obs, np.inf, 0.0, 9))
+
+
+def test_long_previous_lists_are_binary_searched() -> None:
+    # Previous lists far longer than the whole-list compare handles.
+    cand = clustered(900, 33, spots=2, spread=4.0)
+    obs = cand[::30]
+    ids = np.random.default_rng(34).choice(10**9, 900, replace=False).astype(np.uint64)
+    prev_sets = previous_sets(cand, obs, ids, 5.0, 35, keep=0.9)
+    assert min(len(p) for p in prev_sets) > interest._SCAN_LIST
+    off, prev_ids = prev_csr(prev_sets)
+    obs_prev = np.arange(obs.shape[0], dtype=np.int32)
+    for k_max in (0, 50):
+        got = compute_interest(cand, obs, 5.0, 3.0, k_max, ids, obs_prev, off, prev_ids)
+        assert_matches(got, brute_force(cand, obs, 5.0, 3.0, k_max, ids, prev_sets))
+
+
+def test_two_pass_path_when_lists_would_be_huge(monkeypatch: pytest.MonkeyPatch) -> None:
+    cand = clustered(500, 36)
+    obs = cand[:120]
+    ids = np.arange(500, dtype=np.uint64) * np.uint64(3)
+    prev_sets = previous_sets(cand, obs, ids, 9.0, 37)
+    off, prev_ids = prev_csr(prev_sets)
+    obs_prev = np.arange(120, dtype=np.int32)
+    args = (cand, obs, 9.0, 4.0)
+    prev = (ids, obs_prev, off, prev_ids)
+    one_pass = [compute_interest(*args, k, *prev) for k in (0, 12)]
+    monkeypatch.setattr(interest, "_LIST_SCRATCH", 0)
+    monkeypatch.setattr(interest, "_LIST_SCRATCH_MIN", 0)
+    for k, first in zip((0, 12), one_pass, strict=True):
+        got = compute_interest(*args, k, *prev)
+        assert_matches(got, brute_force(cand, obs, 9.0, 4.0, k, ids, prev_sets))
+        assert as_sets(*got) == as_sets(*first)
+
+
+def test_repeated_calls_reuse_scratch_but_not_results() -> None:
+    # Scratch is kept between calls; results must never share it.
+    first_pos = clustered(700, 38)
+    first = compute_interest(first_pos, first_pos[:70], 8.0, 0.0, 5)
+    kept = (first[0].copy(), first[1].copy())
+    for n, seed in ((50, 39), (3000, 40), (700, 41)):
+        pos = clustered(n, seed)
+        for k_max in (0, 5):
+            got = compute_interest(pos, pos[: n // 10], 8.0, 0.0, k_max)
+            assert_matches(got, brute_force(pos, pos[: n // 10], 8.0, 0.0, k_max))
+    np.testing.assert_array_equal(first[0], kept[0])
+    np.testing.assert_array_equal(first[1], kept[1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 400),
+    m=st.integers(1, 30),
+    spots=st.integers(1, 5),
+    spread=st.sampled_from([0.0, 0.5, 3.0, 20.0]),
+    radius=st.sampled_from([0.0, 2.0, 7.5, 30.0]),
+    hysteresis=st.sampled_from([0.0, 1.0, 6.0]),
+    k_max=st.integers(0, 80),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_property_crowds_against_brute_force(
+    n: int,
+    m: int,
+    spots: int,
+    spread: float,
+    radius: float,
+    hysteresis: float,
+    k_max: int,
+    seed: int,
+) -> None:
+    # Dense piles with exact duplicates: the cap binds far beyond k_max + the narrowing
+    # bracket, and annulus candidates compete with in-range ones.
+    cand = clustered(n, seed, spots, spread)
+    rng = np.random.default_rng(seed)
+    obs = cand[rng.integers(0, n, m)] + rng.normal(0, 1.0, (m, 2)).astype(np.float32)
+    ids = rng.permutation(10 * n)[:n].astype(np.uint64)
+    prev_sets = previous_sets(cand, obs, ids, radius, seed + 1, keep=0.5)
+    off, prev_ids = prev_csr(prev_sets)
+    obs_prev = rng.integers(-1, m, m).astype(np.int32)
+    per_obs = [prev_sets[p] if p >= 0 else set() for p in obs_prev]
+    got = compute_interest(cand, obs, radius, hysteresis, k_max, ids, obs_prev, off, prev_ids)
+    assert_matches(got, brute_force(cand, obs, radius, hysteresis, k_max, ids, per_obs))
+
+
+def zone_inputs(
+    n: int, m: int, seed: int
+) -> tuple[object, object, int, int, int, U64, I32, I64, U64, F32, F32]:
+    cand = clustered(n, seed, spots=3, spread=5.0)
+    obs = cand[:: max(n // m, 1)][:m]
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(10**12, n, replace=False).astype(np.uint64)
+    prev_sets = previous_sets(cand, obs, ids, 6.0, seed + 1)
+    # One observer with a list longer than the whole-list compare takes.
+    prev_sets[0] |= set(range(10**8, 10**8 + interest._SCAN_LIST + 5))
+    off, prev_ids = prev_csr(prev_sets)
+    obs_prev = np.arange(obs.shape[0], dtype=np.int32)
+    obs_prev[1::5] = -1
+    cidx, oidx, nx, ny, _, _ = build_inputs(cand, obs, 9.0)
+    return cidx, oidx, nx, ny, obs.shape[0], ids, obs_prev, off, prev_ids, cand, obs
+
+
+def test_select_interest_equals_two_pass_and_brute_force() -> None:
+    cidx, oidx, nx, ny, m, ids, obs_prev, off, prev_ids, cand, obs = zone_inputs(600, 60, 42)
+    max_block, bound = measure_lists(cidx.cell_start, nx, ny, oidx.cell_start, 10)
+    slot_ids = np.empty(600, np.uint64)
+    gather_slot_ids(cidx.order_padded, ids, slot_ids)
+    np.testing.assert_array_equal(slot_ids, ids[cidx.order])
+    cands = (cidx.cell_start, cidx.order_padded, cidx.xs_padded, cidx.ys_padded, nx, ny)
+    observers = (oidx.cell_start, oidx.order, oidx.xs, oidx.ys)
+    common = (36.0, 81.0, 10)
+    counts = np.empty(m, np.int64)
+    lists = np.full(bound, -1, np.int32)
+    total = select_interest(
+        *cands, *observers, *common, slot_ids, obs_prev, off, prev_ids, max_block, counts, lists
+    )
+    assert total == counts.sum() <= bound and np.all(lists[total:] == -1)
+    vis_off = np.empty(m + 1, np.int64)
+    dest = np.empty(m, np.int64)
+    place_lists(oidx.order, counts, vis_off, dest)
+    vis_idx = np.empty(total, np.int32)
+    move_lists(lists, counts, dest, vis_idx)
+    per_obs = [set() for _ in range(m)]
+    sets = [set(prev_ids[off[p] : off[p + 1]].tolist()) if p >= 0 else set() for p in obs_prev]
+    per_obs = sets
+    expected = brute_force(cand, obs, 6.0, 3.0, 10, ids, per_obs)
+    assert_matches((vis_off, vis_idx), expected)
+    # The two-pass kernels give the same lists, written in place.
+    counts2 = np.empty(m, np.int64)
+    args = (*cands, *observers, *common, ids, obs_prev, off, prev_ids, max_block)
+    count_interest(*args, counts2)
+    np.testing.assert_array_equal(counts2, counts)
+    vis_idx2 = np.empty(total, np.int32)
+    fill_interest(*args, dest, counts2, vis_idx2)
+    assert as_sets(vis_off, vis_idx2) == as_sets(vis_off, vis_idx)
+
+
+def test_scan_interest_compiled_and_python_agree() -> None:
+    cidx, oidx, nx, ny, m, ids, obs_prev, off, prev_ids, _, _ = zone_inputs(260, 25, 43)
+    cands = (cidx.cell_start, cidx.order_padded, cidx.xs_padded, cidx.ys_padded, nx, ny)
+    observers = (oidx.cell_start, oidx.order, oidx.xs, oidx.ys)
+    slot_ids = np.empty(260, np.uint64)
+    gather_slot_ids(cidx.order_padded, ids, slot_ids)
+    max_block, bound = measure_lists(cidx.cell_start, nx, ny, oidx.cell_start, 6)
+    for k_max in (0, 6):
+        results = []
+        for fn in (scan_interest, py_func(scan_interest)):
+            counts = np.empty(m, np.int64)
+            out = np.full(max(bound, max_block * m), -1, np.int32)
+            total = fn(
+                interest._PACK, *cands, *observers, 36.0, 81.0, k_max, slot_ids, obs_prev, off,
+                prev_ids, max_block, counts, counts, out,
+            )  # fmt: skip
+            results.append((total, counts, out))
+        assert results[0][0] == results[1][0]
+        np.testing.assert_array_equal(results[0][1], results[1][1])
+        np.testing.assert_array_equal(results[0][2], results[1][2])
+
+
+def test_measure_lists_matches_numpy() -> None:
+    cand = clustered(500, 44)
+    obs = np.concatenate([cand[:40], np.array([[-50.0, -50.0], [400.0, 9.0]], np.float32)])
+    cidx, oidx, nx, ny, max_block, _ = build_inputs(cand, obs, 7.0)
+    cells = np.diff(cidx.cell_start).reshape(ny, nx)
+    nobs = np.diff(oidx.cell_start).reshape(ny, nx)
+    padded = np.pad(cells, 1)
+    block = sum(padded[dy : dy + ny, dx : dx + nx] for dy in range(3) for dx in range(3))
+    assert block[nobs > 0].max() == max_block
+    for k_max in (0, 1, 17, 10**6):
+        per = np.minimum(block, k_max) if k_max else block
+        best, bound = measure_lists(cidx.cell_start, nx, ny, oidx.cell_start, k_max)
+        assert best == max_block
+        assert bound == int((per * nobs).sum())
+
+
+def test_move_lists_places_every_list() -> None:
+    rng = np.random.default_rng(45)
+    counts = rng.integers(0, 40, 300).astype(np.int64)
+    order = rng.permutation(300).astype(np.int32)
+    lists = rng.integers(0, 10**6, int(counts.sum())).astype(np.int32)
+    vis_off = np.empty(301, np.int64)
+    dest = np.empty(300, np.int64)
+    place_lists(order, counts, vis_off, dest)
+    for fn in (move_lists, py_func(move_lists)):
+        vis_idx = np.full(int(counts.sum()), -1, np.int32)
+        fn(lists, counts, dest, vis_idx)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        for s in range(300):
+            i = order[s]
+            np.testing.assert_array_equal(
+                vis_idx[vis_off[i] : vis_off[i + 1]], lists[starts[s] : starts[s + 1]]
+            )
+
+
+def test_check_previous() -> None:
+    off = np.array([0, 2, 2, 5], np.int64)
+    cases = [
+        (np.array([0, -1, 2, 1], np.int32), off, 5, 0),
+        (np.array([], np.int32), off, 5, 0),
+        (np.array([3], np.int32), off, 5, 1),
+        (np.array([-2], np.int32), off, 5, 1),
+        (np.array([0], np.int32), off, 4, 2),
+        (np.array([0], np.int32), np.array([0, 3, 2], np.int64), 5, 2),
+        (np.array([0], np.int32), np.array([-1, 2], np.int64), 5, 2),
+        (np.array([-1], np.int32), np.array([0], np.int64), 0, 0),
+    ]
+    for prev, offsets, nids, expected in cases:
+        assert check_previous(prev, offsets, nids) == expected
+        assert py_func(check_previous)(prev, offsets, nids) == expected
+
+
+def test_nearest_words_selection_against_sorting() -> None:
+    # One observer, a block of 300 candidates (five words), many exact ties.
+    rng = np.random.default_rng(46)
+    n = 300
+    xs = np.concatenate([rng.integers(0, 12, n).astype(np.float64), np.zeros(64)])
+    ys = np.concatenate([rng.integers(0, 12, n).astype(np.float64), np.zeros(64)])
+    cand_order = np.concatenate([rng.permutation(n).astype(np.int32), np.zeros(64, np.int32)])
+    bases = np.arange(0, n, 64, dtype=np.int64)
+    words = np.array(
+        [int(np.packbits(rng.random(64) < 0.8, bitorder="little").view("<u8")[0]) for _ in bases],
+        np.uint64,
+    )
+    words[-1] &= np.uint64((1 << (n - 256)) - 1)
+    marked = [
+        int(b) + t for b, w in zip(bases, words, strict=True) for t in range(64) if int(w) >> t & 1
+    ]
+    d2 = (xs[marked] - 5.0) ** 2 + (ys[marked] - 6.0) ** 2
+    cand = cand_order[marked]
+    for k_max in (1, 2, 33, 100, len(marked) - 1):
+        keep = np.lexsort((cand, d2))[:k_max]
+        expected = sorted(cand[keep].tolist())
+        assert count_within(xs, ys, bases, words, len(bases), 5.0, 6.0, 50.0) == int(
+            (d2 <= 50.0).sum()
+        )
+        for fn in (write_nearest_words, py_func(write_nearest_words)):
+            out = np.full(len(marked) + 5, -1, np.int32)
+            scratch = np.empty(len(marked), np.float64)
+            written = fn(
+                xs, ys, cand_order, bases, words, len(bases), len(marked), 5.0, 6.0,
+                float(d2.max()), k_max, np.empty(len(marked), np.int32), scratch.copy(), scratch,
+                out, 3,
+            )  # fmt: skip
+            assert written == k_max
+            assert sorted(out[3 : 3 + k_max].tolist()) == expected
+            assert np.all(out[:3] == -1) and np.all(out[3 + k_max :] == -1)
+
+
+@njit(cache=False)
+def _compiled_two_masks(
+    xb: npt.NDArray[np.float64], yb: npt.NDArray[np.float64], r2: float, rh2: float
+) -> tuple[np.uint64, np.uint64]:
+    return mask_in_ranges(xb, yb, np.uint64(3), 1.0, 2.0, r2, rh2)
+
+
+def test_two_masks_agree_with_single_masks() -> None:
+    rng = np.random.default_rng(47)
+    xb = rng.random(80) * 10.0
+    yb = rng.random(80) * 10.0
+    xb[10] = np.nan
+    xb[11], yb[11] = 4.0, 6.0  # exactly 5 from (1, 2)
+    for r2, rh2 in ((25.0, 36.0), (25.0, 25.0), (0.0, 1e9), (np.inf, np.inf)):
+        inner, outer = _compiled_two_masks(xb, yb, r2, rh2)
+        assert (inner, outer) == mask_in_ranges(xb, yb, 3, 1.0, 2.0, r2, rh2)
+        assert inner == mask_in_range(xb, yb, 3, 1.0, 2.0, r2)
+        assert outer == mask_in_range(xb, yb, 3, 1.0, 2.0, rh2)
+    inner, _ = _compiled_two_masks(xb, yb, 25.0, 36.0)
+    assert int(inner) >> 8 & 1 and not int(inner) >> 7 & 1

@@ -13,10 +13,13 @@ with a query distance below ``cell_size`` stays exact for points anywhere in the
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+from llvmlite import ir  # type: ignore[import-untyped]
+from numba import types
+from numba.extending import intrinsic, overload
 
 from shardworld.kernels._jit import kernel
 
@@ -25,6 +28,66 @@ from shardworld.kernels._jit import kernel
 # points at exactly that distance two cells apart. 1e-6 covers the rounding of grids up to
 # ~1e9 cells per axis.
 CELL_MARGIN = 1e-6
+
+_U = np.uint64
+# Random scatters and gathers ask for the line this many points ahead.
+_AHEAD = 32
+
+
+# Software prefetch, for loops whose next addresses are known well ahead but are random
+# (scatters, gathers, scattered lists); interest.py uses these too.
+def _prefetch_typer(rw: int) -> Any:
+    def typer(typingctx: Any, arr: Any, index: Any) -> Any:
+        if not isinstance(arr, types.Array) or not isinstance(index, types.Integer):
+            return None
+        sig = types.none(arr, index)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            idx = context.cast(builder, args[1], signature.args[1], types.intp)
+            # An i8* operand and llvmlite's own name mangling keep this valid for LLVM
+            # with typed pointers and for LLVM with opaque ones.
+            i8p = ir.IntType(8).as_pointer()
+            ptr = builder.bitcast(builder.gep(ary.data, [idx]), i8p)
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
+            # rw (0 read, 1 write), locality 3 (keep in all cache levels), data cache
+            builder.call(fn, [ptr, i32(rw), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    typer.__name__ = f"_prefetch_{'write' if rw else 'read'}"
+    return typer
+
+
+_prefetch_read: Any = intrinsic(_prefetch_typer(0))
+_prefetch_write: Any = intrinsic(_prefetch_typer(1))
+
+
+def prefetch_read(arr: npt.NDArray[Any], index: int) -> None:
+    """Hint that ``arr[index]`` will be read soon (a no-op outside compiled code)."""
+
+
+def prefetch_write(arr: npt.NDArray[Any], index: int) -> None:
+    """Hint that ``arr[index]`` will be written soon (a no-op outside compiled code)."""
+
+
+@overload(prefetch_read)
+def _prefetch_read_impl(arr: Any, index: Any) -> Any:
+    def impl(arr: Any, index: Any) -> None:
+        _prefetch_read(arr, index)
+
+    return impl
+
+
+@overload(prefetch_write)
+def _prefetch_write_impl(arr: Any, index: Any) -> Any:
+    def impl(arr: Any, index: Any) -> None:
+        _prefetch_write(arr, index)
+
+    return impl
 
 
 class GridSpec(NamedTuple):
@@ -49,23 +112,43 @@ def compute_bounds(pos: npt.NDArray[np.float32]) -> tuple[float, float, float, f
     int; points with a non-finite coordinate are skipped. With nfinite == 0 the box is
     (0, 0, 0, 0). The caller plans a grid from the box (see :func:`plan_grid`).
     """
-    xmin = np.inf
-    ymin = np.inf
-    xmax = -np.inf
-    ymax = -np.inf
+    n = pos.shape[0]
+    # Integer keys of the float32 bits (sign-magnitude turned into two's complement)
+    # order finite values exactly as the floats; integer min/max compile to vector code,
+    # float min/max with their NaN rules do not.
+    bits = np.ascontiguousarray(pos).reshape(2 * n).view(np.int32)
+    low31 = np.int64(0x7FFFFFFF)
+    exponent = np.int64(0x7F800000)
+    lo_x = low31
+    lo_y = low31
+    hi_x = -low31
+    hi_y = -low31
     nfinite = 0
-    for i in range(pos.shape[0]):
-        x = np.float64(pos[i, 0])
-        y = np.float64(pos[i, 1])
-        if np.isfinite(x) and np.isfinite(y):
-            nfinite += 1
-            xmin = min(xmin, x)
-            xmax = max(xmax, x)
-            ymin = min(ymin, y)
-            ymax = max(ymax, y)
+    for i in range(n):
+        bx = np.int64(bits[2 * i])
+        by = np.int64(bits[2 * i + 1])
+        ok = ((bx & exponent) != exponent) & ((by & exponent) != exponent)
+        kx = bx ^ ((bx >> 31) & low31)
+        ky = by ^ ((by >> 31) & low31)
+        nfinite += int(ok)
+        lo_x = min(lo_x, kx if ok else low31)
+        lo_y = min(lo_y, ky if ok else low31)
+        hi_x = max(hi_x, kx if ok else -low31)
+        hi_y = max(hi_y, ky if ok else -low31)
     if nfinite == 0:
         return 0.0, 0.0, 0.0, 0.0, 0
-    return xmin, ymin, xmax, ymax, nfinite
+    keys = np.empty(4, np.int32)
+    for j, k in enumerate((lo_x, lo_y, hi_x, hi_y)):
+        # The key mapping is its own inverse.
+        keys[j] = np.int32(k ^ ((k >> 31) & low31))
+    box = keys.view(np.float32)
+    return (
+        np.float64(box[0]),
+        np.float64(box[1]),
+        np.float64(box[2]),
+        np.float64(box[3]),
+        nfinite,
+    )
 
 
 def plan_grid(
@@ -132,21 +215,27 @@ def count_cells(
     top_x = np.float64(nx) - 0.5
     top_y = np.float64(ny) - 0.5
     zero = np.float64(0.0)
-    cell_start[:] = 0
+    # Indexing a flat view with constant strides lets LLVM load pairs as vectors; 2-D
+    # indexing goes through the runtime strides and stays scalar. (No copy unless pos is
+    # not C-contiguous.)
+    flat = np.ascontiguousarray(pos).reshape(2 * n)
+    # Cells first, in a loop with no other memory traffic so that it runs as vector
+    # code; the histogram, whose increments may hit the same counter, follows.
     for i in range(n):
         # A true division, not a multiply by 1/cell_size: a point exactly on a border
         # then always opens the upper cell.
-        fx = (np.float64(pos[i, 0]) - origin_x) / cell_size
-        fy = (np.float64(pos[i, 1]) - origin_y) / cell_size
+        fx = (np.float64(flat[2 * i]) - origin_x) / cell_size
+        fy = (np.float64(flat[2 * i + 1]) - origin_y) / cell_size
         # Selects, not branches: `f >= 0` is false for NaN, and clamping in float first
         # keeps the integer conversion in range.
         fx = fx if fx >= zero else zero
         fy = fy if fy >= zero else zero
         fx = fx if fx < top_x else top_x
         fy = fy if fy < top_y else top_y
-        cell = np.int64(fy) * nx + np.int64(fx)
-        cell_of[i] = cell
-        cell_start[cell + 1] += 1
+        cell_of[i] = np.int32(np.int64(fy) * nx + np.int64(fx))
+    cell_start[:] = 0
+    for i in range(n):
+        cell_start[_U(cell_of[i]) + _U(1)] += 1
     for c in range(nx * ny):
         cell_start[c + 1] += cell_start[c]
 
@@ -173,10 +262,16 @@ def scatter_order(
     count_cells(pos, origin_x, origin_y, cell_size, nx, ny, cell_of, cell_start)
     # Only the 4-byte index is scattered; callers gather the coordinates afterwards with
     # sequential writes, which is cheaper than scattering every field.
-    for i in range(pos.shape[0]):
-        c = cell_of[i]
-        s = cell_start[c]
-        cell_start[c] = s + 1
+    n = pos.shape[0]
+    for i in range(n):
+        # The slots written are random: have the line of a later one on its way (its
+        # cursor may still move, but stays within the cell's lines).
+        if i + _AHEAD < n:
+            prefetch_write(order, cell_start[cell_of[i + _AHEAD]])
+        # Indices as uint64: numba checks signed ones for wrap-around on every access.
+        cell = _U(cell_of[i])
+        s = _U(cell_start[cell])
+        cell_start[cell] = s + _U(1)
         order[s] = i
     # Each cursor now sits at the start of the next cell: shift back by one.
     for c in range(nx * ny, 0, -1):
@@ -204,10 +299,14 @@ def sort_into_cells(
     (afterwards: the cell of each original point). For callers that reuse buffers.
     """
     scatter_order(pos, origin_x, origin_y, cell_size, nx, ny, cell_start, order, cell_of)
-    for s in range(pos.shape[0]):
-        i = order[s]
-        sorted_pos[s, 0] = pos[i, 0]
-        sorted_pos[s, 1] = pos[i, 1]
+    n = pos.shape[0]
+    flat = np.ascontiguousarray(pos).reshape(2 * n)
+    for s in range(n):
+        if s + _AHEAD < n:
+            prefetch_read(flat, 2 * order[s + _AHEAD])
+        i = _U(order[s])
+        sorted_pos[s, 0] = flat[_U(2) * i]
+        sorted_pos[s, 1] = flat[_U(2) * i + _U(1)]
 
 
 @kernel
@@ -231,10 +330,14 @@ def sort_into_cells_xy(
     consecutive slots prefer separate contiguous columns.
     """
     scatter_order(pos, origin_x, origin_y, cell_size, nx, ny, cell_start, order, cell_of)
-    for s in range(pos.shape[0]):
-        i = order[s]
-        xs[s] = pos[i, 0]
-        ys[s] = pos[i, 1]
+    n = pos.shape[0]
+    flat = np.ascontiguousarray(pos).reshape(2 * n)
+    for s in range(n):
+        if s + _AHEAD < n:
+            prefetch_read(flat, 2 * order[s + _AHEAD])
+        i = _U(order[s])
+        xs[s] = flat[_U(2) * i]
+        ys[s] = flat[_U(2) * i + _U(1)]
 
 
 @kernel

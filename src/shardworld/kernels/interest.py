@@ -2,12 +2,13 @@
 
 :func:`compute_interest` is the one entry point (the zone tick and the benchmark both call
 it). It indexes the candidates in a uniform grid (:mod:`shardworld.kernels.grid`, cells at
-least one query distance wide) and sorts the observers into the same cells. For each
-cell that holds observers the 3x3 neighbourhood is copied once into small contiguous
-buffers (each row of three cells is one contiguous slot range); every observer of the
-cell then scans that one block.
+least one query distance wide, so an observer's candidates all lie in the 3x3 cells
+around its own; each row of three cells is one contiguous slot range) and sorts the
+observers into the same cells.
 
-Plain queries (no hysteresis, no binding cap) take two passes:
+Plain queries (no hysteresis, no binding cap: the benchmark's case) copy the 3x3
+neighbourhood of each cell that holds observers into small contiguous buffers once and
+take two passes:
 
 1. ``count_in_range``: per observer and per 64 block candidates, one explicit 64-lane
    vector comparison (:func:`mask_in_range`) yields a uint64 word of hit bits; the words
@@ -17,21 +18,32 @@ Plain queries (no hysteresis, no binding cap) take two passes:
    (:func:`store_selected`; no distance is computed twice), prefetching the output lines
    of the lists a few observers ahead.
 
+The zone's query (hysteresis against previous lists, a ``k_max`` cap) is one pass,
+``select_interest``, over the observers in cell order. Each observer scans the three
+row ranges of its neighbourhood in place, 64 slots per vector compare
+(:func:`mask_in_ranges` gives the bits within the radius and within radius + hysteresis
+from one distance computation). Annulus candidates are looked up in the observer's
+previous list: their ids were gathered into slot order beforehand, so the lookups read
+next to the rows just scanned; short lists are compared whole, long ones
+binary-searched. When ``k_max`` candidates already lie within the radius the annulus is
+skipped, since none of it could be kept. A binding cap brackets the cut-off distance by
+counting with vector compares and selects exactly among the few candidates inside the
+bracket. Lists go slot after slot into scratch; ``move_lists`` puts them in observer
+order. Where the result would be huge, ``count_interest`` and ``fill_interest`` run the
+same scan twice and write every list in place instead.
+
 The vector helpers are LLVM intrinsics behind plain Python functions of the same meaning
 (``numba.extending.overload``), so the pure-Python bodies of the kernels still run.
 
-Hysteresis and the k-nearest cap go through ``count_interest``/``fill_interest``, which
-collect hits with their squared distances per observer, look annulus candidates up in
-the previous list (binary search) and select the nearest with a quickselect.
-
-All big arrays are allocated here with numpy rather than inside kernels: numpy places
-large arrays on transparent huge pages, which makes first-touching them several times
-cheaper. Memory is the result plus O(N + mask bits) scratch.
+Scratch arrays are kept per thread from call to call (:class:`_Workspace`): a tick that
+allocated them afresh would page-fault on every 4 KiB it touches, which at 100k entities
+costs as much as the query. Memory is the result plus O(N + M + list bound) scratch.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -44,12 +56,13 @@ from numba.core import config as numba_config
 from numba.extending import intrinsic, overload
 
 from shardworld.kernels._jit import kernel
-from shardworld.kernels.grid import plan_grid, sort_into_cells_xy
+from shardworld.kernels.grid import plan_grid, prefetch_read, prefetch_write, sort_into_cells_xy
 
 # Hot loops index with uint64: numba wraps negative signed indices (an extra compare and
 # select per access), which also keeps LLVM from vectorising the loop.
 _U = np.uint64
 _cgutils: Any = cgutils
+_UniTuple: Any = types.UniTuple
 # Index arguments of the vector helpers: Python ints, or uint64 inside kernels.
 Index = int | np.integer[Any]
 
@@ -58,6 +71,26 @@ Index = int | np.integer[Any]
 _CHUNK = 8
 # How many observer slots ahead the fill pass prefetches output lines.
 _AHEAD = 8
+# How many slots ahead the gather of ids in slot order prefetches.
+_PREFETCH_IDS = 32
+# Readable padding past the end of the cell-ordered candidate columns: the row scans read
+# whole words of 64 slots from wherever a row starts.
+_PAD = 64
+# The k-nearest selection narrows its distance bracket until at most this many marked
+# candidates lie inside it, in at most this many counting steps.
+_FEW = 32
+_NARROW_STEPS = 64
+# Previous lists up to this long are searched by comparing every entry, longer ones by
+# binary search.
+_SCAN_LIST = 64
+# What scan_interest does with each observer's list.
+_COUNT = 0
+_FILL = 1
+_PACK = 2
+# The one-pass query keeps its lists in scratch of up to this many entries per
+# candidate and observer, or _LIST_SCRATCH_MIN entries; beyond, it counts first.
+_LIST_SCRATCH = 16
+_LIST_SCRATCH_MIN = 1 << 22
 
 
 def _count_trailing_zeros_typer(typingctx: Any, word: Any) -> Any:
@@ -87,60 +120,6 @@ def lowest_bit(word: np.uint64) -> np.uint64:
 def _lowest_bit_impl(word: Any) -> Any:
     def impl(word: Any) -> Any:
         return _count_trailing_zeros(word)
-
-    return impl
-
-
-def _prefetch_typer(rw: int) -> Any:
-    def typer(typingctx: Any, arr: Any, index: Any) -> Any:
-        if not isinstance(arr, types.Array) or not isinstance(index, types.Integer):
-            return None
-        sig = types.none(arr, index)
-
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            ary = context.make_array(signature.args[0])(context, builder, args[0])
-            idx = context.cast(builder, args[1], signature.args[1], types.intp)
-            # An i8* operand and llvmlite's own name mangling keep this valid for LLVM
-            # with typed pointers and for LLVM with opaque ones.
-            i8p = ir.IntType(8).as_pointer()
-            ptr = builder.bitcast(builder.gep(ary.data, [idx]), i8p)
-            i32 = ir.IntType(32)
-            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-            fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
-            # rw (0 read, 1 write), locality 3 (keep in all cache levels), data cache
-            builder.call(fn, [ptr, i32(rw), i32(3), i32(1)])
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    typer.__name__ = f"_prefetch_{'write' if rw else 'read'}"
-    return typer
-
-
-_prefetch_read: Any = intrinsic(_prefetch_typer(0))
-_prefetch_write: Any = intrinsic(_prefetch_typer(1))
-
-
-def prefetch_read(arr: npt.NDArray[Any], index: int) -> None:
-    """Hint that ``arr[index]`` will be read soon (a no-op outside compiled code)."""
-
-
-def prefetch_write(arr: npt.NDArray[Any], index: int) -> None:
-    """Hint that ``arr[index]`` will be written soon (a no-op outside compiled code)."""
-
-
-@overload(prefetch_read)
-def _prefetch_read_impl(arr: Any, index: Any) -> Any:
-    def impl(arr: Any, index: Any) -> None:
-        _prefetch_read(arr, index)
-
-    return impl
-
-
-@overload(prefetch_write)
-def _prefetch_write_impl(arr: Any, index: Any) -> Any:
-    def impl(arr: Any, index: Any) -> None:
-        _prefetch_write(arr, index)
 
     return impl
 
@@ -266,35 +245,45 @@ def _store_selected_impl(out: Any, start: Any, src: Any, base: Any, word: Any) -
     return impl
 
 
+def _squared_distances_ir(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+    """IR for the 64 squared distances of ``xb/yb[base:base + 64]`` to ``(xi, yi)``."""
+    xa = context.make_array(signature.args[0])(context, builder, args[0])
+    ya = context.make_array(signature.args[1])(context, builder, args[1])
+    idx = context.cast(builder, args[2], signature.args[2], types.intp)
+    vty = ir.VectorType(ir.DoubleType(), 64)
+    vx = builder.load(builder.bitcast(builder.gep(xa.data, [idx]), vty.as_pointer()), align=8)
+    vy = builder.load(builder.bitcast(builder.gep(ya.data, [idx]), vty.as_pointer()), align=8)
+    dx = builder.fsub(vx, _splat(builder, args[3]))
+    dy = builder.fsub(vy, _splat(builder, args[4]))
+    # Plain fmul/fadd without fast-math flags: LLVM may not contract them into FMAs,
+    # so every lane rounds exactly like the scalar reference.
+    return builder.fadd(builder.fmul(dx, dx), builder.fmul(dy, dy))
+
+
+def _splat(builder: Any, value: Any) -> Any:
+    """A 64-lane vector with every lane ``value`` (a double)."""
+    vty = ir.VectorType(ir.DoubleType(), 64)
+    undef = ir.Constant(vty, ir.Undefined)
+    one = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(
+        one, undef, ir.Constant(ir.VectorType(ir.IntType(32), 64), [0] * 64)
+    )
+
+
+def _float64_columns(*arrays: Any) -> bool:
+    return all(isinstance(a, types.Array) and a.dtype == types.float64 for a in arrays)
+
+
 def _mask_in_range_typer(
     typingctx: Any, xb: Any, yb: Any, base: Any, xi: Any, yi: Any, r2: Any
 ) -> Any:
-    floats = (xb, yb)
-    if not all(isinstance(a, types.Array) and a.dtype == types.float64 for a in floats):
+    if not _float64_columns(xb, yb):
         return None
     sig = types.uint64(xb, yb, base, types.float64, types.float64, types.float64)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        xa = context.make_array(signature.args[0])(context, builder, args[0])
-        ya = context.make_array(signature.args[1])(context, builder, args[1])
-        idx = context.cast(builder, args[2], signature.args[2], types.intp)
-        i32 = ir.IntType(32)
-        vty = ir.VectorType(ir.DoubleType(), 64)
-        undef = ir.Constant(vty, ir.Undefined)
-        lane0 = ir.Constant(ir.VectorType(i32, 64), [0] * 64)
-
-        def splat(value: Any) -> Any:
-            one = builder.insert_element(undef, value, ir.Constant(i32, 0))
-            return builder.shuffle_vector(one, undef, lane0)
-
-        vx = builder.load(builder.bitcast(builder.gep(xa.data, [idx]), vty.as_pointer()), align=8)
-        vy = builder.load(builder.bitcast(builder.gep(ya.data, [idx]), vty.as_pointer()), align=8)
-        dx = builder.fsub(vx, splat(args[3]))
-        dy = builder.fsub(vy, splat(args[4]))
-        # Plain fmul/fadd without fast-math flags: LLVM may not contract them into FMAs,
-        # so every lane rounds exactly like the scalar reference.
-        d2 = builder.fadd(builder.fmul(dx, dx), builder.fmul(dy, dy))
-        inside = builder.fcmp_ordered("<=", d2, splat(args[5]))
+        d2 = _squared_distances_ir(context, builder, signature, args)
+        inside = builder.fcmp_ordered("<=", d2, _splat(builder, args[5]))
         return builder.bitcast(inside, ir.IntType(64))
 
     return sig, codegen
@@ -318,11 +307,20 @@ def mask_in_range(
     explicit 64-lane vector comparison (the widest registers the CPU has) whose lane
     mask is the word itself.
     """
+    return _pack_bits(_squared_distances(xb, yb, base, xi, yi) <= r2)
+
+
+def _squared_distances(
+    xb: npt.NDArray[np.float64], yb: npt.NDArray[np.float64], base: Index, xi: float, yi: float
+) -> npt.NDArray[np.float64]:
     b = int(base)
     dx = xb[b : b + 64] - xi
     dy = yb[b : b + 64] - yi
     with np.errstate(invalid="ignore"):
-        inside = dx * dx + dy * dy <= r2
+        return dx * dx + dy * dy
+
+
+def _pack_bits(inside: npt.NDArray[np.bool_]) -> np.uint64:
     return np.uint64(np.packbits(inside, bitorder="little").view("<u8")[0])
 
 
@@ -330,6 +328,53 @@ def mask_in_range(
 def _mask_in_range_impl(xb: Any, yb: Any, base: Any, xi: Any, yi: Any, r2: Any) -> Any:
     def impl(xb: Any, yb: Any, base: Any, xi: Any, yi: Any, r2: Any) -> Any:
         return _mask_in_range(xb, yb, base, xi, yi, r2)
+
+    return impl
+
+
+def _mask_in_ranges_typer(
+    typingctx: Any, xb: Any, yb: Any, base: Any, xi: Any, yi: Any, r2: Any, rh2: Any
+) -> Any:
+    if not _float64_columns(xb, yb):
+        return None
+    f64 = types.float64
+    sig = _UniTuple(types.uint64, 2)(xb, yb, base, f64, f64, f64, f64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        d2 = _squared_distances_ir(context, builder, signature, args)
+        i64 = ir.IntType(64)
+        inner = builder.fcmp_ordered("<=", d2, _splat(builder, args[5]))
+        outer = builder.fcmp_ordered("<=", d2, _splat(builder, args[6]))
+        words = [builder.bitcast(inner, i64), builder.bitcast(outer, i64)]
+        return context.make_tuple(builder, signature.return_type, words)
+
+    return sig, codegen
+
+
+_mask_in_ranges: Any = intrinsic(_mask_in_ranges_typer)
+
+
+def mask_in_ranges(
+    xb: npt.NDArray[np.float64],
+    yb: npt.NDArray[np.float64],
+    base: Index,
+    xi: float,
+    yi: float,
+    r2: float,
+    rh2: float,
+) -> tuple[np.uint64, np.uint64]:
+    """:func:`mask_in_range` for two squared radii at once: (bits within r2, within rh2).
+
+    Each distance is computed once, so both words agree exactly with single queries.
+    """
+    d2 = _squared_distances(xb, yb, base, xi, yi)
+    return _pack_bits(d2 <= r2), _pack_bits(d2 <= rh2)
+
+
+@overload(mask_in_ranges)
+def _mask_in_ranges_impl(xb: Any, yb: Any, base: Any, xi: Any, yi: Any, r2: Any, rh2: Any) -> Any:
+    def impl(xb: Any, yb: Any, base: Any, xi: Any, yi: Any, r2: Any, rh2: Any) -> Any:
+        return _mask_in_ranges(xb, yb, base, xi, yi, r2, rh2)
 
     return impl
 
@@ -580,6 +625,17 @@ def fill_in_range(
 
 
 @kernel
+def _zero() -> int:
+    """0 as a plain int64, not a compile-time constant.
+
+    numba compiles a kernel once more for every constant it is called with: counters
+    passed on start from this, and ``_zero() + mode`` lets one compiled scan_interest
+    serve all its modes.
+    """
+    return int(np.int64(0))
+
+
+@kernel
 def contains_id(ids: npt.NDArray[np.uint64], lo: int, hi: int, key: np.uint64) -> bool:
     """Whether ``key`` is in the ascending slice ``ids[lo:hi]`` (binary search)."""
     n = hi - lo
@@ -593,87 +649,6 @@ def contains_id(ids: npt.NDArray[np.uint64], lo: int, hi: int, key: np.uint64) -
         base = base + half if ids[base + half] <= key else base
         n -= half
     return bool(ids[base] == key)
-
-
-@kernel
-def mark_visible(
-    xb: npt.NDArray[np.float64],
-    yb: npt.NDArray[np.float64],
-    ib: npt.NDArray[np.int32],
-    size: int,
-    xi: float,
-    yi: float,
-    r2: float,
-    rh2: float,
-    cand_ids: npt.NDArray[np.uint64],
-    prev_ids: npt.NDArray[np.uint64],
-    prev_lo: int,
-    prev_hi: int,
-    words: npt.NDArray[np.uint64],
-) -> int:
-    """Visibility bits of one observer over a gathered block; returns how many are set.
-
-    xb, yb float64 and ib int32 (block of ``size`` candidates, readable up to whole words
-    of 64); (xi, yi): the observer. Bit ``t`` of ``words[t // 64]`` is set when candidate
-    ``t`` has d2 <= r2, or d2 <= rh2 and its id ``cand_ids[ib[t]]`` is in the ascending
-    ``prev_ids[prev_lo:prev_hi]``.
-    """
-    nwords = (_U(size) + _U(63)) >> _U(6)
-    last = nwords - _U(1)
-    tail = _U(size) & _U(63)
-    tail_bits = (_U(1) << tail) - _U(1) if tail != _U(0) else ~_U(0)
-    check_prev = rh2 > r2 and prev_hi > prev_lo
-    total = 0
-    for g in range(nwords):
-        base = g * _U(64)
-        word = mask_in_range(xb, yb, base, xi, yi, r2)
-        if g == last:
-            word &= tail_bits
-        if check_prev:
-            # Only the thin annulus pays for binary searches.
-            ring = mask_in_range(xb, yb, base, xi, yi, rh2) & ~word
-            if g == last:
-                ring &= tail_bits
-            while ring != _U(0):
-                t = lowest_bit(ring)
-                ring &= ring - _U(1)
-                if contains_id(prev_ids, prev_lo, prev_hi, cand_ids[ib[base + t]]):
-                    word |= _U(1) << t
-        words[g] = word
-        total += int(count_bits(word))
-    return total
-
-
-@kernel
-def collect_hits(
-    xb: npt.NDArray[np.float64],
-    yb: npt.NDArray[np.float64],
-    ib: npt.NDArray[np.int32],
-    words: npt.NDArray[np.uint64],
-    nwords: int,
-    xi: float,
-    yi: float,
-    hit_idx: npt.NDArray[np.int32],
-    hit_d2: npt.NDArray[np.float64],
-) -> int:
-    """Candidate index and squared distance of every set bit of ``words[:nwords]``.
-
-    Block arrays as in :func:`mark_visible`; writes hit_idx int32 / hit_d2 float64 and
-    returns the number of hits. Used only when the k-nearest cap binds.
-    """
-    k = 0
-    for g in range(_U(nwords)):
-        word = words[g]
-        base = g * _U(64)
-        while word != _U(0):
-            t = base + lowest_bit(word)
-            word &= word - _U(1)
-            dx = xb[t] - xi
-            dy = yb[t] - yi
-            hit_idx[k] = ib[t]
-            hit_d2[k] = dx * dx + dy * dy
-            k += 1
-    return k
 
 
 @kernel
@@ -730,7 +705,9 @@ def write_nearest(
         scratch[t] = hit_d2[t]
     cutoff = select_smallest(scratch, nhits, k_max - 1)
     w = start
-    ties = 0
+    # Counters passed on to other kernels start as a typed zero: from a literal 0 numba
+    # would also compile each callee for the constant (twice the compile time).
+    ties = _zero()
     for t in range(nhits):
         if hit_d2[t] < cutoff:
             out[w] = hit_idx[t]
@@ -755,6 +732,382 @@ def write_nearest(
 
 
 @kernel
+def gather_slot_ids(
+    cand_order: npt.NDArray[np.int32],
+    cand_ids: npt.NDArray[np.uint64],
+    slot_ids: npt.NDArray[np.uint64],
+) -> None:
+    """slot_ids[s] = cand_ids[cand_order[s]] for every entry of slot_ids (uint64[<= N]).
+
+    The annulus checks then read ids next to the coordinates they just scanned instead
+    of at random places.
+    """
+    n = slot_ids.shape[0]
+    for s in range(n):
+        if s + _PREFETCH_IDS < n:
+            prefetch_read(cand_ids, cand_order[s + _PREFETCH_IDS])
+        slot_ids[s] = cand_ids[_U(cand_order[s])]
+
+
+@kernel
+def count_within(
+    xs: npt.NDArray[np.float64],
+    ys: npt.NDArray[np.float64],
+    bases: npt.NDArray[np.int64],
+    words: npt.NDArray[np.uint64],
+    nwords: int,
+    xi: float,
+    yi: float,
+    t: float,
+) -> int:
+    """How many set bits of ``words[:nwords]`` are candidates with d2 <= t.
+
+    Word ``i`` covers slots ``bases[i] .. bases[i] + 63`` of the cell-ordered xs, ys
+    (float64, readable 64 entries past every base).
+    """
+    c = _U(0)
+    for i in range(nwords):
+        c += count_bits(mask_in_range(xs, ys, bases[i], xi, yi, t) & words[i])
+    return int(np.int64(c))
+
+
+@kernel
+def write_nearest_words(
+    xs: npt.NDArray[np.float64],
+    ys: npt.NDArray[np.float64],
+    cand_order: npt.NDArray[np.int32],
+    bases: npt.NDArray[np.int64],
+    words: npt.NDArray[np.uint64],
+    nwords: int,
+    hits: int,
+    xi: float,
+    yi: float,
+    top: float,
+    k_max: int,
+    hit_idx: npt.NDArray[np.int32],
+    hit_d2: npt.NDArray[np.float64],
+    scratch: npt.NDArray[np.float64],
+    out: npt.NDArray[np.int32],
+    start: int,
+) -> int:
+    """Write the ``k_max`` nearest of the ``hits`` (> k_max > 0) candidates marked in words.
+
+    Words as in :func:`count_within`; cand_order int32 maps slots to candidates (readable
+    64 entries past every base); every marked candidate has d2 <= top. hit_idx int32,
+    hit_d2 and scratch float64 need ``hits`` entries. Ties at the cut-off distance keep
+    the lower candidate indices. Writes to ``out[start:]`` and returns ``k_max``.
+
+    The cut-off is bracketed by squared distances ``lo < hi`` with fewer than k_max marked
+    candidates within lo and at least k_max within hi, narrowed by counting with vector
+    compares: interpolation first (in 2-D the count grows about linearly with the
+    squared distance), bisection when a step gains too little. Everything within lo is
+    written with compress-stores; only the few between lo and hi are collected and
+    selected exactly.
+    """
+    lo = -1.0
+    c_lo = 0
+    hi = top
+    c_hi = hits
+    half = _FEW // 2
+    bisect = False
+    for _ in range(_NARROW_STEPS):
+        if c_hi - c_lo <= _FEW:
+            break
+        floor = lo if lo > 0.0 else 0.0
+        if bisect:
+            t = floor + (hi - floor) * 0.5
+        else:
+            # Aim at k_max while both ends are far from it, then just inside the far end.
+            want = k_max
+            if k_max - c_lo <= half:
+                want = k_max + half // 2
+            elif c_hi - k_max <= half:
+                want = k_max - half // 2
+            t = floor + (hi - floor) * ((want - c_lo) / (c_hi - c_lo))
+        if not (t > lo and t < hi):
+            t = floor + (hi - floor) * 0.5
+            if not (t > lo and t < hi):
+                # No float left between the ends: what remains are exact ties.
+                break
+        c = count_within(xs, ys, bases, words, nwords, xi, yi, t)
+        before = c_hi - c_lo
+        if c < k_max:
+            lo = t
+            c_lo = c
+        else:
+            hi = t
+            c_hi = c
+        bisect = 2 * (c_hi - c_lo) > before
+    w = _U(start)
+    nmid = _zero()
+    for i in range(nwords):
+        near, mid = mask_in_ranges(xs, ys, bases[i], xi, yi, lo, hi)
+        near &= words[i]
+        mid &= words[i] & ~near
+        if near != _U(0):
+            store_selected(out, w, cand_order, bases[i], near)
+            w += count_bits(near)
+        base = _U(bases[i])
+        while mid != _U(0):
+            slot = base + lowest_bit(mid)
+            mid &= mid - _U(1)
+            dx = xs[slot] - xi
+            dy = ys[slot] - yi
+            hit_idx[nmid] = cand_order[slot]
+            hit_d2[nmid] = dx * dx + dy * dy
+            nmid += 1
+    written = int(np.int64(w - _U(start)))
+    rest = write_nearest(hit_idx, hit_d2, nmid, k_max - written, scratch, out, start + written)
+    return written + rest
+
+
+@kernel
+def scan_interest(
+    mode: int,
+    cell_start: npt.NDArray[np.int64],
+    cand_order: npt.NDArray[np.int32],
+    xs: npt.NDArray[np.float64],
+    ys: npt.NDArray[np.float64],
+    nx: int,
+    ny: int,
+    obs_cell_start: npt.NDArray[np.int64],
+    obs_order: npt.NDArray[np.int32],
+    obs_xs: npt.NDArray[np.float64],
+    obs_ys: npt.NDArray[np.float64],
+    r2: float,
+    rh2: float,
+    k_max: int,
+    slot_ids: npt.NDArray[np.uint64],
+    obs_prev: npt.NDArray[np.int32],
+    prev_off: npt.NDArray[np.int64],
+    prev_ids: npt.NDArray[np.uint64],
+    max_block: int,
+    counts: npt.NDArray[np.int64],
+    dest: npt.NDArray[np.int64],
+    out: npt.NDArray[np.int32],
+) -> int:
+    """Visible candidates of every observer with hysteresis and a k-nearest cap.
+
+    The engine behind :func:`select_interest` (mode ``_PACK``), :func:`count_interest`
+    (``_COUNT``) and :func:`fill_interest` (``_FILL``); arguments as there, slot_ids
+    uint64[N] being the candidate ids in slot order, and dest int64[M] the list starts
+    (read in ``_FILL`` mode only) and out int32 where the lists go (unused in ``_COUNT``
+    mode). Per observer, the rows of its 3x3 cells are scanned in place, 64 slots per
+    vector compare (no copies); annulus candidates (between r2 and rh2) are looked up in
+    its previous list; a binding cap selects the nearest. Returns the number of list
+    entries written.
+
+    Every step of an observer is written out here rather than called: a compiled call
+    that passes arrays is bracketed with atomic reference-count updates, which per
+    observer cost more than the scan.
+    """
+    nmax = (max_block >> 6) + 3
+    bases = np.empty(nmax, np.int64)
+    tails = np.empty(nmax, np.uint64)
+    words = np.empty(nmax, np.uint64)
+    ring = np.empty(nmax, np.uint64)
+    hit_idx = np.empty(max_block + 1, np.int32)
+    hit_d2 = np.empty(max_block + 1, np.float64)
+    scratch = np.empty(max_block + 1, np.float64)
+    m = obs_order.shape[0]
+    all_bits = ~_U(0)
+    total = 0
+    for cy in range(ny):
+        for cx in range(nx):
+            c = cy * nx + cx
+            oa = obs_cell_start[c]
+            ob = obs_cell_start[c + 1]
+            if oa == ob:
+                continue
+            # Each row of three cells is one slot range, cut into words of 64 slots;
+            # tails[i] keeps the bits that belong to the row.
+            nwords = _zero()
+            x0 = max(cx - 1, 0)
+            x1 = min(cx + 1, nx - 1)
+            for yy in range(max(cy - 1, 0), min(cy + 1, ny - 1) + 1):
+                a = cell_start[yy * nx + x0]
+                b = cell_start[yy * nx + x1 + 1]
+                while a < b:
+                    left = b - a
+                    bases[nwords] = a
+                    tails[nwords] = all_bits if left >= 64 else (_U(1) << _U(left)) - _U(1)
+                    nwords += 1
+                    a += 64
+            for s in range(oa, ob):
+                # Previous lists sit at scattered places: ask for the one a few observers
+                # ahead before its comparisons need it.
+                if s + _AHEAD < m:
+                    pa = obs_prev[obs_order[s + _AHEAD]]
+                    if pa >= 0:
+                        for q in range(prev_off[pa], prev_off[pa + 1], 8):
+                            prefetch_read(prev_ids, q)
+                p = obs_prev[obs_order[s]]
+                lo = prev_off[p] if p >= 0 else 0
+                hi = prev_off[p + 1] if p >= 0 else 0
+                xi = obs_xs[s]
+                yi = obs_ys[s]
+                hits = _zero()
+                for i in range(nwords):
+                    inner, outer = mask_in_ranges(xs, ys, bases[i], xi, yi, r2, rh2)
+                    inner &= tails[i]
+                    words[i] = inner
+                    ring[i] = outer & tails[i] & ~inner
+                    hits += int(np.int64(count_bits(inner)))
+                # With k_max already within r2, the nearest k_max are all within r2 and
+                # no annulus candidate could be kept: skip the lookups.
+                ringed = rh2 > r2 and hi > lo and (k_max <= 0 or hits < k_max)
+                if ringed:
+                    short = hi - lo <= _SCAN_LIST
+                    for i in range(nwords):
+                        bits = ring[i]
+                        base = _U(bases[i])
+                        while bits != _U(0):
+                            t = lowest_bit(bits)
+                            bits &= bits - _U(1)
+                            key = slot_ids[base + t]
+                            if short:
+                                # Compare with the whole list: vector compares, and no
+                                # branch on the data to mispredict.
+                                f = _U(0)
+                                for q in range(_U(lo), _U(hi)):
+                                    f |= _U(prev_ids[q] == key)
+                            else:
+                                f = _U(contains_id(prev_ids, lo, hi, key))
+                            words[i] |= f << t
+                            hits += int(np.int64(f))
+                keep = hits if k_max <= 0 or hits <= k_max else k_max
+                if mode == _COUNT:
+                    counts[s] = keep
+                    continue
+                if mode == _FILL:
+                    if keep != counts[s]:
+                        raise RuntimeError("interest fill disagrees with its count pass")
+                    start = dest[s]
+                else:
+                    counts[s] = keep
+                    start = total
+                    if total + keep > out.shape[0]:
+                        raise IndexError("interest lists overflow their buffer")
+                if keep == hits:
+                    w = _U(start)
+                    for i in range(nwords):
+                        store_selected(out, w, cand_order, bases[i], words[i])
+                        w += count_bits(words[i])
+                else:
+                    write_nearest_words(
+                        xs, ys, cand_order, bases, words, nwords, hits, xi, yi,
+                        rh2 if ringed else r2, k_max, hit_idx, hit_d2, scratch, out, start,
+                    )  # fmt: skip
+                total += keep
+    return total
+
+
+@kernel
+def measure_lists(
+    cell_start: npt.NDArray[np.int64],
+    nx: int,
+    ny: int,
+    obs_cell_start: npt.NDArray[np.int64],
+    k_max: int,
+) -> tuple[int, int]:
+    """Sizes for :func:`select_interest`: (max_block, list_bound).
+
+    cell_start, obs_cell_start: int64[nx*ny + 1] as for :func:`measure_blocks`; k_max:
+    cap (0 = none). max_block is the largest 3x3 neighbourhood (in candidates) of a cell
+    that holds observers; list_bound bounds the total list length (per observer its
+    neighbourhood, capped at k_max), so a buffer of that length cannot overflow.
+    """
+    best = 0
+    bound = 0
+    for cy in range(ny):
+        y0 = max(cy - 1, 0)
+        y1 = min(cy + 1, ny - 1)
+        for cx in range(nx):
+            c = cy * nx + cx
+            nobs = obs_cell_start[c + 1] - obs_cell_start[c]
+            if nobs == 0:
+                continue
+            x0 = max(cx - 1, 0)
+            x1 = min(cx + 1, nx - 1)
+            size = 0
+            for yy in range(y0, y1 + 1):
+                size += cell_start[yy * nx + x1 + 1] - cell_start[yy * nx + x0]
+            best = max(best, size)
+            bound += nobs * (min(size, k_max) if k_max > 0 else size)
+    return best, bound
+
+
+@kernel
+def select_interest(
+    cell_start: npt.NDArray[np.int64],
+    cand_order: npt.NDArray[np.int32],
+    xs: npt.NDArray[np.float64],
+    ys: npt.NDArray[np.float64],
+    nx: int,
+    ny: int,
+    obs_cell_start: npt.NDArray[np.int64],
+    obs_order: npt.NDArray[np.int32],
+    obs_xs: npt.NDArray[np.float64],
+    obs_ys: npt.NDArray[np.float64],
+    r2: float,
+    rh2: float,
+    k_max: int,
+    slot_ids: npt.NDArray[np.uint64],
+    obs_prev: npt.NDArray[np.int32],
+    prev_off: npt.NDArray[np.int64],
+    prev_ids: npt.NDArray[np.uint64],
+    max_block: int,
+    counts: npt.NDArray[np.int64],
+    lists: npt.NDArray[np.int32],
+) -> int:
+    """Visible candidates of every observer with hysteresis and a k-nearest cap, in one pass.
+
+    Candidates: cell_start int64[nx*ny + 1], cand_order int32[N + 64] (slot -> candidate)
+    and cell-ordered xs, ys float64[N + 64] (64 readable padding entries after the N).
+    Observers on the same grid: obs_cell_start int64[nx*ny + 1], obs_order int32[M] (slot
+    -> observer), obs_xs, obs_ys float64[M] in slot order. r2 = radius**2, rh2 = (radius +
+    hysteresis)**2 (float64; rh2 <= r2 turns hysteresis off); k_max: cap (0 = none).
+    slot_ids uint64[N]: candidate ids in slot order (:func:`gather_slot_ids`; may be
+    empty when no observer has a previous list); obs_prev int32[M] previous-list number
+    per observer (-1 = none); prev_off int64[P + 1], prev_ids uint64[Q]: previous lists,
+    each ascending. max_block from :func:`measure_lists`.
+
+    Writes the list length of observer slot ``s`` to counts[s] (int64[M]) and the lists,
+    slot after slot, to lists (int32, at least :func:`measure_lists` long). Returns the
+    total length. The caller then calls :func:`place_lists` and :func:`move_lists` to put
+    the lists in observer order.
+    """
+    return scan_interest(
+        _zero() + _PACK, cell_start, cand_order, xs, ys, nx, ny, obs_cell_start, obs_order,
+        obs_xs, obs_ys, r2, rh2, k_max, slot_ids, obs_prev, prev_off, prev_ids, max_block,
+        counts, counts, lists,
+    )  # fmt: skip
+
+
+@kernel
+def move_lists(
+    lists: npt.NDArray[np.int32],
+    counts: npt.NDArray[np.int64],
+    dest: npt.NDArray[np.int64],
+    vis_idx: npt.NDArray[np.int32],
+) -> None:
+    """Copy lists stored slot after slot to their places in observer order.
+
+    lists int32 (slot ``s``'s list follows slot ``s - 1``'s), counts int64[M] their
+    lengths, dest int64[M] where each goes (:func:`place_lists`); vis_idx int32[sum(counts)].
+    """
+    m = counts.shape[0]
+    src = _U(0)
+    for s in range(m):
+        if s + _AHEAD < m:
+            prefetch_write(vis_idx, dest[s + _AHEAD])
+        d = _U(dest[s])
+        for t in range(_U(counts[s])):
+            vis_idx[d + t] = lists[src + t]
+        src += _U(counts[s])
+
+
+@kernel
 def count_interest(
     cell_start: npt.NDArray[np.int64],
     cand_order: npt.NDArray[np.int32],
@@ -776,49 +1129,22 @@ def count_interest(
     max_block: int,
     counts: npt.NDArray[np.int64],
 ) -> None:
-    """Count visible candidates per observer with hysteresis and a k-nearest cap.
+    """First of two passes that write the lists straight to their places.
 
-    Index arguments as in :func:`count_in_range`, plus cand_order int32[N + _CHUNK]. r2 =
-    radius**2, rh2 = (radius + hysteresis)**2 (float64; rh2 <= r2 turns hysteresis off).
-    k_max: cap (0 = none). cand_ids uint64[N] candidate ids; obs_prev int32[M]
-    previous-list number per original observer (-1 = none); prev_off int64[P + 1],
-    prev_ids uint64[Q]: previous lists, each ascending. Writes ``min(count, k_max)`` of
-    observer slot ``s`` to counts[s] (int64[M]); the caller then proceeds as after
-    :func:`count_in_range` and calls :func:`fill_interest`.
+    Arguments as in :func:`select_interest`, except cand_ids uint64[N] (candidate ids in
+    candidate order; may be empty when no observer has a previous list). Writes
+    ``min(count, k_max)`` of observer slot ``s`` to counts[s] (int64[M]); the caller then
+    calls :func:`place_lists`, allocates int32[vis_off[M]] and calls
+    :func:`fill_interest`. Scans twice, but needs no scratch the size of the result:
+    :func:`compute_interest` uses it where a slot-order buffer would be too large.
     """
-    padded = ((max_block + 63) >> 6) * 64 + _CHUNK
-    xb = np.zeros(padded, np.float64)
-    yb = np.zeros(padded, np.float64)
-    ib = np.zeros(padded, np.int32)
-    words = np.empty(padded >> 6, np.uint64)
-    m = obs_order.shape[0]
-    for cy in range(ny):
-        for cx in range(nx):
-            c = cy * nx + cx
-            oa = obs_cell_start[c]
-            ob = obs_cell_start[c + 1]
-            if oa == ob:
-                continue
-            size = gather_positions(cell_start, xs, ys, nx, ny, cx, cy, xb, yb)
-            gather_indices(cell_start, cand_order, nx, ny, cx, cy, ib)
-            for s in range(oa, ob):
-                # Previous lists sit at scattered places; have the one a few observers
-                # ahead on its way before its binary searches need it.
-                if s + _AHEAD < m:
-                    pa = obs_prev[obs_order[s + _AHEAD]]
-                    if pa >= 0:
-                        for q in range(prev_off[pa], prev_off[pa + 1], 8):
-                            prefetch_read(prev_ids, q)
-                p = obs_prev[obs_order[s]]
-                lo = prev_off[p] if p >= 0 else 0
-                hi = prev_off[p + 1] if p >= 0 else 0
-                hits = mark_visible(
-                    xb, yb, ib, size, obs_xs[s], obs_ys[s], r2, rh2, cand_ids, prev_ids, lo,
-                    hi, words,
-                )  # fmt: skip
-                if k_max > 0 and hits > k_max:
-                    hits = k_max
-                counts[s] = hits
+    slot_ids = np.empty(cand_ids.shape[0], np.uint64)
+    gather_slot_ids(cand_order, cand_ids, slot_ids)
+    scan_interest(
+        _zero() + _COUNT, cell_start, cand_order, xs, ys, nx, ny, obs_cell_start, obs_order,
+        obs_xs, obs_ys, r2, rh2, k_max, slot_ids, obs_prev, prev_off, prev_ids, max_block,
+        counts, counts, np.empty(0, np.int32),
+    )  # fmt: skip
 
 
 @kernel
@@ -851,50 +1177,35 @@ def fill_interest(
     (:func:`place_lists`); vis_idx int32[sum(counts)] receives the lists. Raises if a
     count disagrees.
     """
-    padded = ((max_block + 63) >> 6) * 64 + _CHUNK
-    xb = np.zeros(padded, np.float64)
-    yb = np.zeros(padded, np.float64)
-    ib = np.zeros(padded, np.int32)
-    words = np.empty(padded >> 6, np.uint64)
-    hit_idx = np.empty(max_block + 1, np.int32)
-    hit_d2 = np.empty(max_block + 1, np.float64)
-    scratch = np.empty(max_block + 1, np.float64)
-    m = obs_order.shape[0]
-    for cy in range(ny):
-        for cx in range(nx):
-            c = cy * nx + cx
-            oa = obs_cell_start[c]
-            ob = obs_cell_start[c + 1]
-            if oa == ob:
-                continue
-            size = gather_positions(cell_start, xs, ys, nx, ny, cx, cy, xb, yb)
-            gather_indices(cell_start, cand_order, nx, ny, cx, cy, ib)
-            nwords = (size + 63) >> 6
-            for s in range(oa, ob):
-                if s + _AHEAD < m:
-                    pa = obs_prev[obs_order[s + _AHEAD]]
-                    if pa >= 0:
-                        for q in range(prev_off[pa], prev_off[pa + 1], 8):
-                            prefetch_read(prev_ids, q)
-                p = obs_prev[obs_order[s]]
-                lo = prev_off[p] if p >= 0 else 0
-                hi = prev_off[p + 1] if p >= 0 else 0
-                xi = obs_xs[s]
-                yi = obs_ys[s]
-                hits = mark_visible(
-                    xb, yb, ib, size, xi, yi, r2, rh2, cand_ids, prev_ids, lo, hi, words
-                )
-                if k_max <= 0 or hits <= k_max:
-                    w = _U(dest[s])
-                    for g in range(_U(nwords)):
-                        store_selected(vis_idx, w, ib, g * _U(64), words[g])
-                        w += count_bits(words[g])
-                    written = int(w - _U(dest[s]))
-                else:
-                    hits = collect_hits(xb, yb, ib, words, nwords, xi, yi, hit_idx, hit_d2)
-                    written = write_nearest(hit_idx, hit_d2, hits, k_max, scratch, vis_idx, dest[s])
-                if written != counts[s]:
-                    raise RuntimeError("interest fill disagrees with its count pass")
+    slot_ids = np.empty(cand_ids.shape[0], np.uint64)
+    gather_slot_ids(cand_order, cand_ids, slot_ids)
+    scan_interest(
+        _zero() + _FILL, cell_start, cand_order, xs, ys, nx, ny, obs_cell_start, obs_order,
+        obs_xs, obs_ys, r2, rh2, k_max, slot_ids, obs_prev, prev_off, prev_ids, max_block,
+        counts, dest, vis_idx,
+    )  # fmt: skip
+
+
+@kernel
+def check_previous(
+    obs_prev: npt.NDArray[np.int32], prev_off: npt.NDArray[np.int64], nids: int
+) -> int:
+    """Whether previous lists are usable: 0 yes, 1 an obs_prev entry is out of range, 2 bad offsets.
+
+    obs_prev int32[M] must hold -1 or a list number below P; prev_off int64[P + 1] (P >=
+    0) must be non-decreasing offsets from 0 or more up to ``nids`` (the length of
+    prev_ids). One pass, no temporaries: the zone checks this every snapshot.
+    """
+    nlists = prev_off.shape[0] - 1
+    for i in range(obs_prev.shape[0]):
+        if obs_prev[i] < -1 or obs_prev[i] >= nlists:
+            return 1
+    if prev_off[0] < 0 or prev_off[nlists] > nids:
+        return 2
+    for p in range(nlists):
+        if prev_off[p + 1] < prev_off[p]:
+            return 2
+    return 0
 
 
 def _as_positions(name: str, pos: npt.ArrayLike) -> npt.NDArray[np.float32]:
@@ -904,32 +1215,76 @@ def _as_positions(name: str, pos: npt.ArrayLike) -> npt.NDArray[np.float32]:
     return arr
 
 
+class _Workspace:
+    """Scratch arrays that one thread reuses from call to call.
+
+    A tick that allocates its scratch afresh pays a page fault for every 4 KiB it
+    touches, which at 100k candidates costs more than the whole query; reused arrays
+    are already mapped (and often still cached). Arrays only grow, to the largest size
+    asked for; nothing returned to a caller ever lives here.
+    """
+
+    __slots__ = ("_arrays",)
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, npt.NDArray[Any]] = {}
+
+    def take(self, name: str, size: int, dtype: type[np.generic]) -> npt.NDArray[Any]:
+        """An uninitialised 1-D array of ``size`` entries (a view of the kept one)."""
+        arr = self._arrays.get(name)
+        if arr is None or arr.shape[0] < size or arr.dtype != dtype:
+            # Some headroom, so slowly growing worlds do not reallocate every tick.
+            arr = np.empty(size + (size >> 3) + 64, dtype)
+            self._arrays[name] = arr
+        return arr[:size]
+
+
+_local = threading.local()
+
+
+def _workspace() -> _Workspace:
+    ws: _Workspace | None = getattr(_local, "workspace", None)
+    if ws is None:
+        ws = _Workspace()
+        _local.workspace = ws
+    return ws
+
+
 class _CellIndex:
     """Points sorted into one grid: cell starts, slot -> original index, float64 columns.
 
     ``order``, ``xs`` and ``ys`` hold N entries; the padded arrays behind them carry the
-    _CHUNK extra entries the block copies read past the last cell.
+    _PAD extra readable entries that block copies and row scans read past the last cell.
+    With a workspace the arrays are its scratch (valid until its next use under the same
+    ``tag``); without, they are fresh.
     """
 
     __slots__ = ("cell_start", "order", "order_padded", "xs", "xs_padded", "ys", "ys_padded")
 
     def __init__(
-        self, pos: npt.NDArray[np.float32], ox: float, oy: float, cell: float, nx: int, ny: int
+        self,
+        pos: npt.NDArray[np.float32],
+        ox: float,
+        oy: float,
+        cell: float,
+        nx: int,
+        ny: int,
+        workspace: _Workspace | None = None,
+        tag: str = "",
     ) -> None:
         n = pos.shape[0]
-        # numpy allocates large arrays on transparent huge pages; first-touching them is
-        # several times cheaper than touching arrays allocated inside a kernel.
-        self.cell_start = np.empty(nx * ny + 1, np.int64)
-        self.order_padded = np.empty(n + _CHUNK, np.int32)
-        self.xs_padded = np.empty(n + _CHUNK, np.float64)
-        self.ys_padded = np.empty(n + _CHUNK, np.float64)
+        ws = _Workspace() if workspace is None else workspace
+        self.cell_start = ws.take(tag + "cell_start", nx * ny + 1, np.int64)
+        self.order_padded = ws.take(tag + "order", n + _PAD, np.int32)
+        self.xs_padded = ws.take(tag + "xs", n + _PAD, np.float64)
+        self.ys_padded = ws.take(tag + "ys", n + _PAD, np.float64)
         self.order_padded[n:] = 0
         self.xs_padded[n:] = np.inf
         self.ys_padded[n:] = np.inf
         self.order = self.order_padded[:n]
         self.xs = self.xs_padded[:n]
         self.ys = self.ys_padded[:n]
-        cell_of = np.empty(n, np.int32)
+        cell_of = ws.take(tag + "cell_of", n, np.int32)
         sort_into_cells_xy(
             pos, ox, oy, cell, nx, ny, self.cell_start, self.order, self.xs, self.ys, cell_of
         )
@@ -963,6 +1318,10 @@ def compute_interest(
     ``vis_idx[vis_off[i]:vis_off[i + 1]]`` (candidate indices, order unspecified).
     Non-finite positions see and are seen by nothing. Hysteresis needs cand_ids, obs_prev
     (int32[M]), prev_off and prev_ids together; without obs_prev it has no effect.
+
+    Scratch (about 40 bytes per candidate and observer, plus 4 per possible list entry)
+    stays with the calling thread for its next call, so a steady tick never page-faults
+    it in again; the returned arrays are always fresh.
     """
     cand = _as_positions("cand_pos", cand_pos)
     obs = _as_positions("obs_pos", obs_pos)
@@ -990,9 +1349,10 @@ def compute_interest(
         pids = np.ascontiguousarray(prev_ids, dtype=np.uint64)
         if ids.shape != (n,) or prev.shape != (m,) or poff.ndim != 1 or poff.shape[0] < 1:
             raise ValueError("cand_ids must be [N], obs_prev [M] and prev_off [P + 1]")
-        if m and (prev.min() < -1 or prev.max() >= poff.shape[0] - 1):
+        problem = check_previous(prev, poff, pids.shape[0])
+        if problem == 1:
             raise ValueError("obs_prev entries must be -1 or index a previous list")
-        if poff[0] < 0 or poff[-1] > pids.shape[0] or np.any(np.diff(poff) < 0):
+        if problem == 2:
             raise ValueError("prev_off must be non-decreasing offsets into prev_ids")
     else:
         ids = np.empty(0, np.uint64)
@@ -1009,16 +1369,16 @@ def compute_interest(
     rh2 = dist * dist
     spec = plan_grid(cand, dist)
     ox, oy, cell, nx, ny = spec
-    cidx = _CellIndex(cand, ox, oy, cell, nx, ny)
+    ws = _workspace()
+    cidx = _CellIndex(cand, ox, oy, cell, nx, ny, ws, "cand_")
     same = obs.shape == cand.shape and obs.ctypes.data == cand.ctypes.data
-    oidx = cidx if same else _CellIndex(obs, ox, oy, cell, nx, ny)
-    max_block, mask_words = measure_blocks(cidx.cell_start, nx, ny, oidx.cell_start)
+    oidx = cidx if same else _CellIndex(obs, ox, oy, cell, nx, ny, ws, "obs_")
     observers = (oidx.cell_start, oidx.order, oidx.xs, oidx.ys)
-
-    counts = np.empty(m, np.int64)
-    dest = np.empty(m, np.int64)
+    counts = ws.take("counts", m, np.int64)
+    dest = ws.take("dest", m, np.int64)
     if not use_prev and (k_max == 0 or k_max >= n) and math.isfinite(r2):
-        masks = np.empty(mask_words, np.uint64)
+        max_block, mask_words = measure_blocks(cidx.cell_start, nx, ny, oidx.cell_start)
+        masks = ws.take("masks", mask_words, np.uint64)
         count_in_range(
             cidx.cell_start, cidx.xs_padded, cidx.ys_padded, nx, ny, oidx.cell_start,
             oidx.xs, oidx.ys, r2, max_block, counts, masks,
@@ -1032,13 +1392,29 @@ def compute_interest(
         return vis_off, vis_idx
 
     cands = (cidx.cell_start, cidx.order_padded, cidx.xs_padded, cidx.ys_padded, nx, ny)
-    count_interest(*cands, *observers, r2, rh2, k_max, ids, prev, poff, pids, max_block, counts)
+    max_block, bound = measure_lists(cidx.cell_start, nx, ny, oidx.cell_start, k_max)
+    if bound > max(_LIST_SCRATCH * (n + m), _LIST_SCRATCH_MIN):
+        # So many candidates per observer that a slot-order copy of the result would be
+        # a burden: count first, then write every list in place.
+        count_interest(*cands, *observers, r2, rh2, k_max, ids, prev, poff, pids, max_block, counts)
+        place_lists(oidx.order, counts, vis_off, dest)
+        vis_idx = np.empty(int(vis_off[m]), np.int32)
+        fill_interest(
+            *cands, *observers, r2, rh2, k_max, ids, prev, poff, pids, max_block, dest,
+            counts, vis_idx,
+        )  # fmt: skip
+        return vis_off, vis_idx
+    slot_ids = ws.take("slot_ids", ids.shape[0], np.uint64)
+    gather_slot_ids(cidx.order_padded, ids, slot_ids)
+    # Lists go slot after slot into scratch that cannot overflow; only the pages written
+    # are ever touched.
+    lists = ws.take("lists", bound, np.int32)
+    total = select_interest(
+        *cands, *observers, r2, rh2, k_max, slot_ids, prev, poff, pids, max_block, counts, lists
+    )
     place_lists(oidx.order, counts, vis_off, dest)
-    vis_idx = np.empty(int(vis_off[m]), np.int32)
-    fill_interest(
-        *cands, *observers, r2, rh2, k_max, ids, prev, poff, pids, max_block, dest, counts,
-        vis_idx,
-    )  # fmt: skip
+    vis_idx = np.empty(total, np.int32)
+    move_lists(lists, counts, dest, vis_idx)
     return vis_off, vis_idx
 
 
@@ -1048,14 +1424,23 @@ def warm_up() -> None:
     ids = np.arange(1, 5, dtype=np.uint64)
     compute_interest(pos, pos, 2.0, 0.0, 0)
     compute_interest(pos, pos[:2], 2.0, 0.0, 0)
-    compute_interest(
-        pos,
-        pos[:2],
-        2.0,
-        1.0,
-        1,
-        cand_ids=ids,
-        obs_prev=np.array([0, -1], np.int32),
-        prev_off=np.array([0, 2], np.int64),
-        prev_ids=np.array([2, 3], np.uint64),
-    )
+    obs_prev = np.array([0, -1], np.int32)
+    prev_off = np.array([0, 2], np.int64)
+    prev_ids = np.array([2, 3], np.uint64)
+    compute_interest(pos, pos[:2], 2.0, 1.0, 1, ids, obs_prev, prev_off, prev_ids)
+    # The two-pass kernels serve only huge results; load them as compute_interest calls them.
+    ox, oy, cell, nx, ny = plan_grid(pos, 3.0)
+    cidx = _CellIndex(pos, ox, oy, cell, nx, ny)
+    oidx = _CellIndex(pos[:2], ox, oy, cell, nx, ny)
+    max_block, _ = measure_lists(cidx.cell_start, nx, ny, oidx.cell_start, 1)
+    args = (
+        cidx.cell_start, cidx.order_padded, cidx.xs_padded, cidx.ys_padded, nx, ny,
+        oidx.cell_start, oidx.order, oidx.xs, oidx.ys, 4.0, 9.0, 1, ids, obs_prev, prev_off,
+        prev_ids, max_block,
+    )  # fmt: skip
+    counts = np.empty(2, np.int64)
+    count_interest(*args, counts)
+    vis_off = np.empty(3, np.int64)
+    dest = np.empty(2, np.int64)
+    place_lists(oidx.order, counts, vis_off, dest)
+    fill_interest(*args, dest, counts, np.empty(int(vis_off[2]), np.int32))
