@@ -38,6 +38,7 @@ from shardworld.protocol.messages import Hello, encode, encode_snapshot
 from shardworld.zone.sink import SnapshotBatch
 
 PAYLOAD = 200
+PERIOD = 1.0 / 20.0
 
 
 def _raise_fd_limit() -> None:
@@ -193,13 +194,16 @@ def _finish_players(proc: subprocess.Popen[str]) -> dict[str, Any]:
 
 async def _pump(deliver: Any, ids: np.ndarray, rounds: int) -> tuple[float, float]:
     """Push ``rounds`` batches through ``deliver``; returns (cpu seconds, wall seconds)."""
+    loop = asyncio.get_running_loop()
+    batches = [make_batch(r + 1, ids) for r in range(rounds)]
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    for r in range(rounds):
-        res = deliver(make_batch(r + 1, ids))
+    start = loop.time()
+    for r, batch in enumerate(batches):
+        res = deliver(batch)
         if asyncio.iscoroutine(res):
             await res
-        # Let the loop flush what could not be written at once (counts as our CPU too).
-        await asyncio.sleep(0)
+        # Batches come at 20 Hz, as from a zone; the loop flushes in between (our CPU too).
+        await asyncio.sleep(max(0.0, start + (r + 1) * PERIOD - loop.time()))
     await asyncio.sleep(0.05)
     return time.process_time() - cpu0, time.perf_counter() - wall0
 
@@ -209,7 +213,7 @@ async def run_ours(players: int, rounds: int) -> dict[str, Any]:
     gw = Gateway(world, GatewayConfig(port=0, dev=True, send_buffer_limit=1 << 20))
     await gw.start()
     port = int(gw.url.rsplit(":", 1)[1])
-    proc = await asyncio.to_thread(_start_players, port, players, 8.0)
+    proc = await asyncio.to_thread(_start_players, port, players, rounds * PERIOD + 8.0)
     for _ in range(200):
         if gw.stats().get("joined", 0) >= players:
             break
@@ -247,7 +251,7 @@ async def run_baseline(players: int, rounds: int) -> dict[str, Any]:
 
     server = await serve(handler, "127.0.0.1", 0, compression=None, max_queue=4)
     port = next(iter(server.sockets)).getsockname()[1]
-    proc = await asyncio.to_thread(_start_players, port, players, 8.0)
+    proc = await asyncio.to_thread(_start_players, port, players, rounds * PERIOD + 8.0)
     await asyncio.wait_for(ready.wait(), 30)
     sent = 0
 
