@@ -631,5 +631,6 @@ def warm_up() -> None:
             np.array([7, 0], np.uint64),
             wide,
         )
+        # Only what the zone calls: the one-kernel encode_snapshot_payloads is for tools
+        # and tests, and loading it would only lengthen every zone's start.
         encode_snapshots(1, *args)
-        encode_snapshot_payloads(np.int64(1), *args)
