@@ -4,7 +4,17 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install demo test lint typecheck unit bench bench-quick warmup clean
+# Services for the test run (scripts/services.sh starts them; ports chosen to stay clear of a
+# broker or Redis a developer already runs on the usual 9092 and 6379).
+TEST_KAFKA_PORT ?= 19092
+TEST_REDIS_PORT ?= 16379
+# `make kafka`: a broker for a multi-process world run by hand.
+KAFKA_PORT      ?= 9092
+SERVICES       := SHARDWORLD_KAFKA_PORT=$(TEST_KAFKA_PORT) SHARDWORLD_REDIS_PORT=$(TEST_REDIS_PORT) scripts/services.sh
+KAFKA_LIBS     := .cache/kafka/libs/.complete
+
+.PHONY: help install demo test lint typecheck unit bench bench-quick warmup clean \
+	kafka-libs services-up services-down kafka
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 16
@@ -31,10 +41,33 @@ lint: install  ## ruff lint and format check
 typecheck: install  ## mypy --strict over the package
 	$(BIN)/mypy
 
-unit: install  ## the pytest suite only
+unit: install  ## the pytest suite only (uses Kafka and Redis if services-up started them)
+	@if [ -z "$${SHARDWORLD_KAFKA_URL:-}" ] && $(SERVICES) status kafka >/dev/null 2>&1; then \
+		export SHARDWORLD_KAFKA_URL=kafka://127.0.0.1:$(TEST_KAFKA_PORT); fi; \
+	if [ -z "$${SHARDWORLD_REDIS_URL:-}" ] && $(SERVICES) status redis >/dev/null 2>&1; then \
+		export SHARDWORLD_REDIS_URL=redis://127.0.0.1:$(TEST_REDIS_PORT)/0; fi; \
 	$(BIN)/pytest -q
 
-test: lint typecheck unit  ## everything CI runs: lint, types, tests
+# The services are stopped on every way out (pass, fail, Ctrl-C); pytest's exit status is kept.
+test: lint typecheck kafka-libs  ## everything CI runs: lint, types, then pytest with Kafka and Redis running
+	SHARDWORLD_KAFKA_URL=kafka://127.0.0.1:$(TEST_KAFKA_PORT) \
+	SHARDWORLD_REDIS_URL=redis://127.0.0.1:$(TEST_REDIS_PORT)/0 \
+	$(SERVICES) with kafka redis -- $(BIN)/pytest -q
+
+kafka-libs: $(KAFKA_LIBS)  ## fetch the Kafka broker jars from Maven Central into .cache/kafka/libs (once)
+
+$(KAFKA_LIBS): tools/kafka/pom.xml
+	scripts/services.sh kafka-libs
+
+services-up: kafka-libs  ## start Kafka (127.0.0.1:19092) and Redis (127.0.0.1:16379) in the background
+	$(SERVICES) start kafka redis
+	@echo "export SHARDWORLD_KAFKA_URL=kafka://127.0.0.1:$(TEST_KAFKA_PORT) SHARDWORLD_REDIS_URL=redis://127.0.0.1:$(TEST_REDIS_PORT)/0"
+
+services-down:  ## stop what services-up started
+	$(SERVICES) stop kafka redis
+
+kafka: kafka-libs  ## a Kafka broker in the foreground on 127.0.0.1:9092 (KAFKA_PORT=...), empty at each start; Ctrl-C stops it
+	SHARDWORLD_KAFKA_PORT=$(KAFKA_PORT) SHARDWORLD_RUN_DIR=.run/dev scripts/services.sh foreground kafka
 
 bench: install warmup  ## every benchmark, full size (slow: minutes)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
@@ -42,6 +75,7 @@ bench: install warmup  ## every benchmark, full size (slow: minutes)
 bench-quick: install warmup  ## every benchmark with --quick (about a minute each)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
 
-clean:  ## remove the virtualenv and caches
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+clean:  ## stop the services, remove the virtualenv, caches and .run (keeps the Kafka jars in .cache)
+	-$(SERVICES) stop kafka redis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .run
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,72 @@
+"""Fixtures shared by the whole suite: the real services and the bus backends.
+
+``make test`` starts a Kafka broker and Redis (scripts/services.sh) and exports
+``SHARDWORLD_KAFKA_URL`` and ``SHARDWORLD_REDIS_URL``. Without them, tests that need a service
+skip with the reason, except under ``CI=true``, where a missing service is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from shardworld.bus.memory import forget_memory_bus
+
+
+def _service_url(variable: str, service: str, example: str) -> str:
+    url = os.environ.get(variable, "").strip()
+    if url:
+        return url
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"CI=true but {variable} is not set: make test starts {service}", pytrace=False)
+    pytest.skip(
+        f"{variable} is not set: `make test` starts {service}, or run `make services-up` "
+        f"and export {variable}={example}"
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_url() -> str:
+    """URL of a running Kafka broker, e.g. ``kafka://127.0.0.1:19092``."""
+    return _service_url("SHARDWORLD_KAFKA_URL", "Kafka", "kafka://127.0.0.1:19092")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of a running Redis, e.g. ``redis://127.0.0.1:16379/0``."""
+    return _service_url("SHARDWORLD_REDIS_URL", "Redis", "redis://127.0.0.1:16379/0")
+
+
+@pytest.fixture(params=["memory", "kafka"])
+def bus_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A bus URL per backend: a fresh ``memory://`` name per test, or the Kafka broker.
+
+    Tests that use it must pick unique topic names (e.g. with uuid): the broker is shared by
+    every test of the run and may be reused across runs.
+    """
+    if request.param == "memory":
+        name = f"test-{uuid.uuid4().hex}"
+        yield f"memory://{name}"
+        forget_memory_bus(name)
+    else:
+        yield request.getfixturevalue("kafka_url")
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A store URL per backend: a fresh ``memory://`` name per test, or the Redis server.
+
+    Tests that use it must pick unique world names (e.g. with uuid): the Redis server is shared
+    by every test of the run and may be reused across runs.
+    """
+    if request.param == "memory":
+        from shardworld.store.memory import forget_memory_store
+
+        name = f"test-{uuid.uuid4().hex}"
+        yield f"memory://{name}"
+        forget_memory_store(name)
+    else:
+        yield request.getfixturevalue("redis_url")
