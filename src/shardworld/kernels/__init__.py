@@ -17,6 +17,7 @@ KERNEL_MODULES = (
     "shardworld.kernels.visibility",
     "shardworld.kernels.snapshot",
     "shardworld.gateway.frames",
+    "shardworld.sharding.cellmap",
 )
 
 
