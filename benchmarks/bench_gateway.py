@@ -131,7 +131,7 @@ class SyntheticWorld:
     def info(self) -> WorldInfo:
         return WorldInfo("bench", (0.0, 0.0, 1.0, 1.0), 20.0, 20.0, 0.01, (), (), 0, 0, 128)
 
-    def join(self, player_id: int, entity_id: int | None = None) -> tuple[int, bool]:
+    async def join(self, player_id: int, entity_id: int | None = None) -> tuple[int, bool]:
         eid = self.next_id
         self.next_id += 1
         return eid, False

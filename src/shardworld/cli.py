@@ -14,12 +14,16 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger("shardworld")
+
 DESCRIPTION = """\
 shardworld: one seamless, sharded world for massively multiplayer games.
 
 Commands:
-  run PATH     run the world in PATH (world.toml + handler.py) in this process: zone, gateway,
-               and optionally bots; players connect over WebSockets
+  run PATH     run the world in PATH (world.toml + handler.py) in this process: its zones,
+               a gateway, and optionally bots; players connect over WebSockets
+  zone PATH    run one zone of the world as its own process, on a Kafka bus
+  gateway PATH run a WebSocket gateway for a world whose zones run elsewhere (Kafka bus)
   bots         drive N simulated players against a running gateway
   token        issue a signed, expiring player token
   warmup       compile every numba kernel into the on-disk cache (done once per machine)
@@ -87,11 +91,60 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
     run.add_argument("--tick-hz", type=float, help="override the world's tick rate")
     run.add_argument(
+        "--zones",
+        type=int,
+        help="split the world between this many zones (default: world.toml [sharding])",
+    )
+    run.add_argument(
+        "--bus",
+        default="memory://",
+        help="bus between the zones: memory:// (default, in this process) or kafka://HOST:PORT",
+    )
+    run.add_argument(
         "--map",
         choices=("auto", "always", "never"),
         default="auto",
         help="draw a live density map (auto: only on an interactive terminal)",
     )
+
+    zone = sub.add_parser(
+        "zone",
+        help="run one zone of a world as its own process (Kafka bus)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Run one zone of the world in PATH. Every zone process of a world must use the\n"
+            "same world folder, --zones and bus; each waits until all zones are up, then ticks.\n"
+            "Entities walk from zone to zone through the bus (handoffs), neighbours see each\n"
+            "other's entities near borders (ghosts). Players connect to `shardworld gateway`.\n\n"
+            "example (a world of 2 zones and a gateway; `make kafka` runs a broker):\n"
+            "  shardworld zone zones/arena --zones 2 --zone z0 --bus kafka://127.0.0.1:9092 &\n"
+            "  shardworld zone zones/arena --zones 2 --zone z1 --bus kafka://127.0.0.1:9092 &\n"
+            "  shardworld gateway zones/arena --zones 2 --bus kafka://127.0.0.1:9092 --dev"
+        ),
+    )
+    zone.add_argument("path", help="world folder, e.g. zones/arena")
+    zone.add_argument("--zone", required=True, help="which zone: its name (z0, z1, ...)")
+    _add_world_args(zone)
+    zone.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
+
+    gw = sub.add_parser(
+        "gateway",
+        help="run a WebSocket gateway for a world whose zones run elsewhere",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Accept players over WebSockets and route them to whichever zone simulates their\n"
+            "entity; a player stays connected here while its entity crosses zones.\n"
+            "Each gateway of a world needs its own --index."
+        ),
+    )
+    gw.add_argument("path", help="world folder, e.g. zones/arena")
+    _add_world_args(gw)
+    gw.add_argument("--index", type=int, default=0, help="this gateway's number (default 0)")
+    gw.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    gw.add_argument("--port", type=int, default=7700, help="port (default 7700)")
+    gw.add_argument("--dev", action="store_true", help="accept players without a token")
+    gw.add_argument("--secret", default=None, help="token secret (default: $SHARDWORLD_SECRET)")
+    gw.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
 
     sub.add_parser(
         "bots", help="drive simulated players (see `shardworld bots --help`)", add_help=False
@@ -105,6 +158,20 @@ def _parser() -> argparse.ArgumentParser:
         description="Compile every numba kernel into the on-disk cache; report how long it took.",
     )
     return p
+
+
+def _add_world_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bus",
+        required=True,
+        help="the world's bus, e.g. kafka://127.0.0.1:9092 (memory:// only works in one process)",
+    )
+    p.add_argument("--zones", type=int, help="zones in the world (default: world.toml)")
+    p.add_argument("--cell-size", type=float, help="cell edge in metres (default: world.toml)")
+    p.add_argument("--tick-hz", type=float, help="override the world's tick rate")
+    p.add_argument(
+        "--world-name", help="topic prefix (default: the world's name); one per running world"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         raise AssertionError("handled before parsing")  # pragma: no cover
     if args.command == "run":
         return _run(args)
+    if args.command == "zone":
+        return _zone_main(args)
+    if args.command == "gateway":
+        return _gateway_main(args)
     _parser().print_help()
     return 2
 
@@ -179,20 +250,39 @@ def _run(args: argparse.Namespace) -> int:
         print(f"shardworld run: {exc}", file=sys.stderr)
         return 2
     draw_map = args.map == "always" or (args.map == "auto" and sys.stdout.isatty())
+    zones = args.zones if args.zones is not None else world.sharding.zones
+    if zones < 1:
+        print("shardworld run: --zones must be >= 1", file=sys.stderr)
+        return 2
+    if zones > 1 or args.bus != "memory://":
+        if args.players:
+            print("shardworld run: --players needs a single zone (--zones 1)", file=sys.stderr)
+            return 2
+        world.config = config
+        try:
+            summary = _runner()(_serve_sharded(world, zones, args, secret, draw_map))
+        except (OSError, ValueError) as exc:
+            print(f"shardworld run: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(summary, sort_keys=True, default=str), flush=True)
+        return 0
     zone = Zone(config, world.make_handler())
     try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
-        runner = asyncio.run
-    try:
-        summary = runner(_serve(zone, args, secret, draw_map))
+        summary = _runner()(_serve(zone, args, secret, draw_map))
     except OSError as exc:
         print(f"shardworld run: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary, sort_keys=True), flush=True)
     return 0
+
+
+def _runner() -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return asyncio.run
 
 
 async def _serve(
@@ -243,37 +333,10 @@ async def _serve(
         )
     print("shardworld: Ctrl-C stops.", flush=True)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-
+    stop = _stop_event()
     bots_proc: asyncio.subprocess.Process | None = None
     if args.bots and gateway is not None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "shardworld.cli",
-            "bots",
-            "--url",
-            gateway.url,
-            "--count",
-            str(args.bots),
-            "--behavior",
-            args.bot_behavior,
-            "--duration",
-            str(args.seconds if args.seconds > 0 else 0),
-            "--ramp",
-            "200",
-            "--quiet",
-        ]
-        if not args.dev:
-            cmd += ["--token-secret", secret]
-        bots_proc = await asyncio.create_subprocess_exec(
-            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-        )
-        print(f"shardworld: started {args.bots} bots (pid {bots_proc.pid}).", flush=True)
+        bots_proc = await _start_bots(args, gateway.url, secret)
 
     async def drive_players() -> None:
         # Each simulated player changes direction now and then, like a person would.
@@ -328,19 +391,7 @@ async def _serve(
     stop_wait = asyncio.create_task(stop.wait())
     await asyncio.wait([run_task, stop_wait], return_when=asyncio.FIRST_COMPLETED)
     stop.set()
-    bots_summary: Any = None
-    if bots_proc is not None:
-        if bots_proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                bots_proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = await asyncio.wait_for(bots_proc.communicate(), 10.0)
-            lines = out.decode(errors="replace").strip().splitlines()
-            bots_summary = json.loads(lines[-1]) if lines else None
-        except (TimeoutError, json.JSONDecodeError):
-            with contextlib.suppress(ProcessLookupError):
-                bots_proc.kill()
-            await bots_proc.wait()
+    bots_summary = await _stop_bots(bots_proc)
     if gateway is not None:
         await gateway.stop()
     zone.stop()
@@ -358,25 +409,371 @@ async def _serve(
     return out_summary
 
 
+async def _start_bots(
+    args: argparse.Namespace, url: str, secret: str
+) -> asyncio.subprocess.Process:
+    cmd = [
+        sys.executable,
+        "-m",
+        "shardworld.cli",
+        "bots",
+        "--url",
+        url,
+        "--count",
+        str(args.bots),
+        "--behavior",
+        args.bot_behavior,
+        "--duration",
+        str(args.seconds if args.seconds > 0 else 0),
+        "--ramp",
+        "200",
+        "--quiet",
+    ]
+    if not args.dev:
+        cmd += ["--token-secret", secret]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    print(f"shardworld: started {args.bots} bots (pid {proc.pid}).", flush=True)
+    return proc
+
+
+async def _stop_bots(proc: asyncio.subprocess.Process | None) -> Any:
+    """Stop the bots process we started (SIGINT, then kill) and read its JSON summary."""
+    if proc is None:
+        return None
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 10.0)
+        lines = out.decode(errors="replace").strip().splitlines()
+        return json.loads(lines[-1]) if lines else None
+    except (TimeoutError, json.JSONDecodeError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        return None
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _load_for(command: str, args: argparse.Namespace) -> Any:
+    """Load the world folder and apply --tick-hz; prints the problem and returns None."""
+    from shardworld.zone import ConfigError, load_world
+
+    try:
+        world = load_world(args.path)
+        # The world's [demo] NPCs, as `run` spawns them (on_start runs on the first zone).
+        extra = {"npcs": int(world.demo.get("npcs", 0)), **world.config.extra}
+        world.config = world.config.with_(extra=extra)
+        if args.tick_hz:
+            world.config = world.config.with_(
+                tick_hz=args.tick_hz, snapshot_hz=min(world.config.snapshot_hz, args.tick_hz)
+            )
+    except ConfigError as exc:
+        print(f"shardworld {command}: {exc}", file=sys.stderr)
+        return None
+    if args.zones is not None and args.zones < 1:
+        print(f"shardworld {command}: --zones must be >= 1", file=sys.stderr)
+        return None
+    if args.bus.startswith("memory://"):
+        print(
+            f"shardworld {command}: a memory:// bus cannot reach other processes; "
+            "use --bus kafka://HOST:PORT (or `shardworld run` for one process)",
+            file=sys.stderr,
+        )
+        return None
+    return world
+
+
+def _zone_main(args: argparse.Namespace) -> int:
+    world = _load_for("zone", args)
+    if world is None:
+        return 2
+    try:
+        return int(_runner()(_serve_zone(world, args)))
+    except (OSError, ValueError, KeyError, TimeoutError) as exc:
+        print(f"shardworld zone: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve_zone(world: Any, args: argparse.Namespace) -> int:
+    from shardworld.bus import open_bus
+    from shardworld.sharding.cluster import initial_map, make_zone
+    from shardworld.sharding.node import ZoneNode
+
+    cellmap = initial_map(world, args.zones, args.cell_size)
+    if args.zone not in cellmap.zones:
+        raise KeyError(f"no zone {args.zone!r}: this world has {', '.join(cellmap.zones)}")
+    name = args.world_name or world.config.name
+    zone = make_zone(world, cellmap, args.zone)
+    bus = open_bus(args.bus)
+    await bus.start()
+    node = ZoneNode(zone, bus, cellmap, name)
+    zone.warm_up()
+    await node.start()
+    stop = _stop_event()
+    print(
+        f"shardworld: zone {args.zone} of world {name!r} ({cellmap.describe()}); "
+        f"waiting for the other zones on {args.bus}",
+        flush=True,
+    )
+    waiting = asyncio.create_task(node.wait_for_peers(timeout=3600.0))
+    await asyncio.wait(
+        [waiting, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+    )
+    if not waiting.done():
+        waiting.cancel()
+        await node.close()
+        await bus.close()
+        return 0
+    waiting.result()
+    print(f"shardworld: zone {args.zone}: all zones up; ticking. Ctrl-C stops.", flush=True)
+    run_task = asyncio.create_task(zone.run())
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            st = zone.stats.report()
+            ns = node.stats.report()
+            log.info(
+                "zone %s tick %d p50 %.2f ms p99 %.2f ms | entities %d ghosts %d observers %d | "
+                "handoffs out %d in %d | ghost bytes %d",
+                args.zone,
+                zone.tick,
+                st["p50_ms"],
+                st["p99_ms"],
+                st["entities"],
+                st["ghosts"],
+                st["observers"],
+                ns["handoffs_out"],
+                ns["handoffs_in"],
+                ns["ghost_bytes_out"],
+            )
+
+    side = [asyncio.create_task(report())]
+    if args.seconds > 0:
+        side.append(asyncio.create_task(_set_later(stop, args.seconds)))
+    await asyncio.wait(
+        [run_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+    )
+    zone.stop()
+    await asyncio.gather(run_task, return_exceptions=True)
+    for t in side:
+        t.cancel()
+    await node.close()
+    await bus.close()
+    summary = {"summary": "zone", "zone": args.zone, **zone.stats.report()}
+    summary["node"] = node.stats.report()
+    print(json.dumps(summary, sort_keys=True, default=str), flush=True)
+    if run_task.done() and not run_task.cancelled() and run_task.exception() is not None:
+        return 1
+    return 0
+
+
+async def _set_later(event: asyncio.Event, seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    event.set()
+
+
+def _gateway_main(args: argparse.Namespace) -> int:
+    import os
+
+    world = _load_for("gateway", args)
+    if world is None:
+        return 2
+    secret = args.secret or os.environ.get("SHARDWORLD_SECRET", "")
+    if not args.dev and not secret:
+        print(
+            "shardworld gateway: players need tokens: pass --secret (or set SHARDWORLD_SECRET), "
+            "or --dev to accept anonymous players",
+            file=sys.stderr,
+        )
+        return 2
+    if not 0 <= args.index <= 0xFFFF:
+        print("shardworld gateway: --index must be 0..65535", file=sys.stderr)
+        return 2
+    try:
+        return int(_runner()(_serve_gateway(world, args, secret)))
+    except (OSError, ValueError) as exc:
+        print(f"shardworld gateway: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve_gateway(world: Any, args: argparse.Namespace, secret: str) -> int:
+    from shardworld.bus import open_bus
+    from shardworld.gateway import Gateway, GatewayConfig
+    from shardworld.sharding.cluster import initial_map, make_zone, sharded_world_info
+    from shardworld.sharding.port import BusWorld
+
+    cellmap = initial_map(world, args.zones, args.cell_size)
+    name = args.world_name or world.config.name
+    # The zone is never run: it only describes the world's fields for WELCOME.
+    info = sharded_world_info(world, make_zone(world, cellmap, cellmap.zones[0]))
+    bus = open_bus(args.bus)
+    await bus.start()
+    port = BusWorld(bus, name, info, cellmap, gateway=args.index)
+    await port.start()
+    gateway = Gateway(
+        port, GatewayConfig(host=args.host, port=args.port, dev=args.dev, secret=secret or None)
+    )
+    await gateway.start()
+    how = "no token needed (--dev)" if args.dev else "players need a token: shardworld token"
+    print(
+        f"shardworld: gateway {args.index} of world {name!r} on {args.bus}: "
+        f"players connect to {gateway.url} ({how}). Ctrl-C stops.",
+        flush=True,
+    )
+    stop = _stop_event()
+    if args.seconds > 0:
+        asyncio.get_running_loop().call_later(args.seconds, stop.set)
+    await stop.wait()
+    await gateway.stop()
+    await port.close()
+    await bus.close()
+    print(json.dumps({"summary": "gateway", **gateway.stats()}, sort_keys=True, default=str))
+    return 0
+
+
+async def _serve_sharded(
+    world: Any, zones: int, args: argparse.Namespace, secret: str, draw_map: bool
+) -> dict[str, Any]:
+    """Run every zone of the world in this process on one bus, with a gateway and bots."""
+    from shardworld.sharding.cluster import Cluster
+
+    cluster = Cluster(world, zones=zones, bus_url=args.bus, gateway=not args.no_gateway)
+    await cluster.start()
+    gateway = None
+    if cluster.port is not None:
+        from shardworld.gateway import Gateway, GatewayConfig
+
+        gateway = Gateway(
+            cluster.port,
+            GatewayConfig(host=args.host, port=args.port, dev=args.dev, secret=secret or None),
+        )
+        await gateway.start()
+    cfg = world.config
+    print(
+        f"shardworld: world {cfg.name!r} from {args.path}: {cluster.entity_count()} entities "
+        f"in {zones} zones on {cluster.bus_url}, {cfg.tick_hz:g} Hz ticks.\n"
+        f"            {cluster.cellmap.describe()}",
+        flush=True,
+    )
+    if gateway is not None:
+        how = "no token needed (--dev)" if args.dev else "players need a token: shardworld token"
+        print(
+            f"shardworld: players connect to {gateway.url} ({how}).\n"
+            f"            try: .venv/bin/shardworld bots --url {gateway.url} --count 20"
+            f" --duration 60",
+            flush=True,
+        )
+    print("shardworld: Ctrl-C stops.", flush=True)
+    stop = _stop_event()
+    bots_proc = None
+    if args.bots and gateway is not None:
+        bots_proc = await _start_bots(args, gateway.url, secret)
+
+    async def report() -> None:
+        started = last_t = time.perf_counter()
+        last_hand = last_frames = 0
+        while not stop.is_set():
+            await asyncio.sleep(1.0)
+            now = time.perf_counter()
+            span = max(1e-9, now - last_t)
+            reps = [z.stats.report() for z in cluster.zones]
+            hand = sum(n.stats.handoffs_in for n in cluster.nodes)
+            per_zone = " ".join(
+                f"{z.config.name}:{len(z.entities)}/{r['p99_ms']:.1f}ms"
+                for z, r in zip(cluster.zones, reps, strict=True)
+            )
+            line = (
+                f"t={now - started:6.1f}s tick={cluster.zones[0].tick % 1_000_000:<6d} "
+                f"zones(entities/p99) {per_zone} | handoffs/s={(hand - last_hand) / span:.0f} "
+                f"ghosts={sum(len(z.ghosts) for z in cluster.zones)} "
+                f"late={sum(z.stats.late_ticks for z in cluster.zones)}"
+            )
+            last_hand = hand
+            if gateway is not None:
+                gs = gateway.stats()
+                frames = int(gs.get("snapshots_sent", 0))
+                line += (
+                    f" | players={gs.get('joined', 0)} frames/s={(frames - last_frames) / span:.0f}"
+                )
+                last_frames = frames
+            last_t = now
+            if draw_map:
+                picture = density_map_of(
+                    cluster.positions(), cluster.zones[0].bounds, f"{cfg.name}: {zones} zones"
+                )
+                sys.stdout.write("\x1b[H\x1b[2J" + picture + "\n" + line + "\n")
+                sys.stdout.flush()
+            else:
+                print(line, flush=True)
+
+    side = [asyncio.create_task(report())]
+    if args.seconds > 0:
+        side.append(asyncio.create_task(_set_later(stop, args.seconds)))
+    run_task = asyncio.create_task(cluster.run())
+    await asyncio.wait(
+        [run_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+    )
+    stop.set()
+    bots_summary = await _stop_bots(bots_proc)
+    if gateway is not None:
+        await gateway.stop()
+    cluster.stop()
+    for t in side:
+        t.cancel()
+    await asyncio.gather(run_task, *side, return_exceptions=True)
+    out: dict[str, Any] = {
+        "summary": "run",
+        "world": cfg.name,
+        "zones": cluster.report(),
+        "entities": cluster.entity_count(),
+        "in_flight": cluster.in_flight(),
+    }
+    await cluster.close()
+    if gateway is not None:
+        out["gateway"] = gateway.stats()
+    if bots_summary is not None:
+        out["bots"] = bots_summary
+    return out
+
+
 SHADES = " .:-=+*#%@"
 
 
 def density_map(zone: Any, width: int = 64, height: int = 24) -> str:
-    """An ASCII picture of where the entities are (walls as `|`), darker = denser."""
-    x0, y0, x1, y1 = zone.bounds
-    pos = zone.entities["pos"]
+    """An ASCII picture of where a zone's entities are, darker = denser."""
+    observers = int(np.count_nonzero(zone.entities["observer"]))
+    label = f"{zone.config.name}: {len(zone.entities)} entities, {observers} players"
+    return density_map_of(zone.entities["pos"], zone.bounds, label, width, height)
+
+
+def density_map_of(
+    pos: Any,
+    bounds: tuple[float, float, float, float],
+    label: str,
+    width: int = 64,
+    height: int = 24,
+) -> str:
+    """An ASCII picture of positions over ``bounds``, darker = denser."""
+    x0, y0, x1, y1 = bounds
     hist, _, _ = np.histogram2d(
         pos[:, 1], pos[:, 0], bins=(height, width), range=((y0, y1), (x0, x1))
     )
     top = max(1.0, float(hist.max()))
     levels = np.minimum((np.sqrt(hist / top) * (len(SHADES) - 1)).round().astype(int), 9)
     rows = ["".join(SHADES[v] for v in row) for row in levels[::-1]]
-    observers = int(np.count_nonzero(zone.entities["observer"]))
-    return "\n".join(
-        [f"+{'-' * width}+ {zone.config.name}: {len(zone.entities)} entities, {observers} players"]
-        + [f"|{r}|" for r in rows]
-        + [f"+{'-' * width}+"]
-    )
+    return "\n".join([f"+{'-' * width}+ {label}"] + [f"|{r}|" for r in rows] + [f"+{'-' * width}+"])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -143,6 +143,9 @@ MAX_ACCEL = Field("max_accel", np.float32, (), Scope.SERVER, "m/s^2")
 OBSERVER = Field("observer", np.uint8, (), Scope.GHOST, "1: a player's viewpoint, gets snapshots")
 INPUT_SEQ = Field("input_seq", np.uint32, (), Scope.SERVER, "last input sequence applied")
 ACTIONS = Field("actions", np.uint32, (), Scope.SERVER, "action bits of the last input")
+GATEWAY = Field(
+    "gateway", np.uint16, (), Scope.SERVER, "index of the gateway holding the player's connection"
+)
 
 BUILTIN_FIELDS: tuple[Field, ...] = (
     POS,
@@ -157,6 +160,7 @@ BUILTIN_FIELDS: tuple[Field, ...] = (
     OBSERVER,
     INPUT_SEQ,
     ACTIONS,
+    GATEWAY,
 )
 
 

@@ -255,6 +255,28 @@ class EntityStore:
             col[rows] = block[name]
         return ids
 
+    def upsert(self, ids: npt.ArrayLike, **values: npt.ArrayLike) -> Rows:
+        """Write some fields of ``ids``, appending the ids not held yet (other fields zero).
+
+        This is how ghosts arrive: a neighbour's copy refreshes the fields it carries and
+        leaves the rest (this zone's own bookkeeping for the entity) alone. Returns the rows.
+        """
+        ids_arr = np.ascontiguousarray(np.atleast_1d(np.asarray(ids, dtype=np.uint64)))
+        if len(np.unique(ids_arr)) != len(ids_arr):
+            raise ValueError("upsert of the same id twice")
+        if np.any(ids_arr == 0):
+            raise ValueError("upsert of id 0")
+        unknown = set(values) - set(self._cols)
+        if unknown:
+            raise KeyError(f"unknown fields: {sorted(unknown)}")
+        rows = self.rows_of(ids_arr)
+        new = rows < 0
+        if np.any(new):
+            rows[new] = self._append(ids_arr[new])
+        for name, value in values.items():
+            self._cols[name][rows] = value
+        return rows
+
     def snapshot_columns(self) -> Mapping[str, npt.NDArray[Any]]:
         """Live views of every column by name (read-only use)."""
         return {name: col[: self._n] for name, col in self._cols.items()}

@@ -41,10 +41,10 @@ class WorldPort(Protocol):
 
     def info(self) -> WorldInfo: ...
 
-    def join(self, player_id: int, entity_id: int | None = None) -> tuple[int, bool]:
+    async def join(self, player_id: int, entity_id: int | None = None) -> tuple[int, bool]:
         """Spawn the player's entity, or reattach ``entity_id`` if it is still alive.
 
-        Returns (entity id, resumed).
+        Returns (entity id, resumed). Raises if the world cannot take the player.
         """
         ...
 
@@ -71,6 +71,25 @@ class WorldPort(Protocol):
     def server_time(self) -> float: ...
 
 
+def world_info(z: Zone) -> WorldInfo:
+    """What WELCOME tells clients about the world ``z`` belongs to."""
+    cfg = z.config
+    pub = tuple(z.schema[n].describe() for n in z.public_fields)
+    own = tuple(z.schema[n].describe() for n in z.owner_fields)
+    return WorldInfo(
+        name=cfg.name,
+        world=z.bounds,
+        tick_hz=cfg.tick_hz,
+        snapshot_hz=cfg.snapshot_hz,
+        pos_quantum=cfg.pos_quantum,
+        pub_fields=pub,
+        own_fields=own,
+        pub_width=z.public_width,
+        own_width=z.owner_width,
+        k_max=cfg.k_max,
+    )
+
+
 class EmbeddedWorld:
     """A :class:`WorldPort` over one zone in this process (the embedded default)."""
 
@@ -91,24 +110,9 @@ class EmbeddedWorld:
             listener(entity_id, kind, body)
 
     def info(self) -> WorldInfo:
-        z = self.zone
-        cfg = z.config
-        pub = tuple(z.schema[n].describe() for n in z.public_fields)
-        own = tuple(z.schema[n].describe() for n in z.owner_fields)
-        return WorldInfo(
-            name=cfg.name,
-            world=z.bounds,
-            tick_hz=cfg.tick_hz,
-            snapshot_hz=cfg.snapshot_hz,
-            pos_quantum=cfg.pos_quantum,
-            pub_fields=pub,
-            own_fields=own,
-            pub_width=z.public_width,
-            own_width=z.owner_width,
-            k_max=cfg.k_max,
-        )
+        return world_info(self.zone)
 
-    def join(self, player_id: int, entity_id: int | None = None) -> tuple[int, bool]:
+    async def join(self, player_id: int, entity_id: int | None = None) -> tuple[int, bool]:
         if entity_id is not None and self.alive(entity_id):
             return entity_id, True
         return self.zone.join_player(player_id), False

@@ -246,6 +246,7 @@ class Gateway:
         self._conns: set[_Conn] = set()
         self._live: dict[int, _Conn] = {}  # entity id -> its joined, open connection
         self._by_player: dict[int, _Binding] = {}
+        self._joining: set[int] = set()
         self._by_resume: dict[str, _Binding] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # counters
@@ -554,7 +555,10 @@ class Gateway:
                 actions = session.poll(loop.time())
             else:
                 actions = session.receive(data, loop.time())
-            close = self._run(conn, actions)
+            if any(type(a) is Join for a in actions):
+                close = await self._run_joining(conn, actions)
+            else:
+                close = self._run(conn, actions)
             if close is not None:
                 # Keep reading (the session ignores everything now): the peer's close frame
                 # can only arrive while someone reads.
@@ -579,9 +583,7 @@ class Gateway:
                     self.messages_in += 1
                     port.send_message(conn.entity, a.kind, a.body)
                 elif type(a) is Join:
-                    close = self._run(conn, self._join(conn, a))
-                    if close is not None:
-                        return close
+                    raise RuntimeError("a join is carried out by _run_joining")
                 elif type(a) is Close:
                     if a.kick is not None:
                         self.kicks[a.kick] = self.kicks.get(a.kick, 0) + 1
@@ -608,6 +610,23 @@ class Gateway:
                 )
         return None
 
+    async def _run_joining(self, conn: _Conn, actions: list[Action]) -> Close | None:
+        """Like :meth:`_run`, for a batch holding a join: the world answers a join later."""
+        for a in actions:
+            if type(a) is Join:
+                try:
+                    result = await self._join(conn, a)
+                except Exception:
+                    self.internal_errors += 1
+                    self._log(logging.ERROR, "join_failed", exc_info=True, conn=conn.cid)
+                    continue
+                close = self._run(conn, result)
+            else:
+                close = self._run(conn, [a])
+            if close is not None:
+                return close
+        return None
+
     def _report(self, conn: _Conn, r: Report) -> None:
         self.errors[r.code] = self.errors.get(r.code, 0) + 1
         if r.first:
@@ -628,7 +647,7 @@ class Gateway:
             self.other_frames_sent += 1
             self.bytes_out += _frame_len(len(data))
 
-    def _join(self, conn: _Conn, a: Join) -> list[Action]:
+    async def _join(self, conn: _Conn, a: Join) -> list[Action]:
         session = conn.session
         port = self.port
         assert self._loop is not None and self._info is not None
@@ -665,9 +684,22 @@ class Gateway:
             self._kick(
                 old, ErrorCode.ALREADY_JOINED, "signed in from another connection", CloseCode.KICKED
             )
+        if player in self._joining:
+            return session.join_failed(
+                ErrorCode.ALREADY_JOINED,
+                "a join for this player is in progress",
+                CloseCode.KICKED,
+                now,
+            )
+        self._joining.add(player)
         try:
-            entity, resumed = port.join(player, b.entity_id if b is not None else None)
+            entity, resumed = await port.join(player, b.entity_id if b is not None else None)
         except Exception:
+            entity, resumed = 0, False
+        finally:
+            self._joining.discard(player)
+        now = self._loop.time()
+        if entity == 0:
             self.internal_errors += 1
             self._log(logging.ERROR, "join_failed", exc_info=True, conn=conn.cid, player=player)
             if b is not None and b.conn is None:
@@ -676,6 +708,18 @@ class Gateway:
             return session.join_failed(
                 ErrorCode.INTERNAL, "could not join the world", CloseCode.INTERNAL, now
             )
+        if conn not in self._conns or self._stopping:
+            # The connection went while the world answered: the entity lingers as after any
+            # disconnect, so the player can still come back to it.
+            if b is None:
+                b = _Binding(player, entity)
+                self._by_player[player] = b
+            b.entity_id = entity
+            if self._stopping or self.config.linger_s <= 0:
+                self._expire(b)
+            elif b.linger is None:
+                b.linger = self._loop.call_later(self.config.linger_s, self._expire, b)
+            return []
         if b is None:
             b = _Binding(player, entity)
             self._by_player[player] = b

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PHASES = ("inputs", "motion", "systems", "interest", "diff", "encode", "emit")
+PHASES = ("inputs", "motion", "systems", "interest", "diff", "encode", "emit", "shard")
+"""Where a tick's time goes; ``shard`` is the bus work of a sharded zone (ghosts, handoffs)."""
 
 
 @dataclass

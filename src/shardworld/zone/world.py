@@ -6,6 +6,8 @@ A world folder looks like::
         world.toml     # [zone] table: ZoneConfig settings; [demo] table: defaults for `run`
         handler.py     # defines `Handler`, a ZoneHandler subclass
 
+``world.toml`` may also have a ``[sharding]`` table: how many zones share the world and
+how big a cell (the unit of ownership) is.
 """
 
 from __future__ import annotations
@@ -21,6 +23,29 @@ from shardworld.zone.config import ConfigError, ZoneConfig
 from shardworld.zone.handler import ZoneHandler
 
 
+@dataclass(frozen=True)
+class ShardingSettings:
+    """The ``[sharding]`` table of world.toml."""
+
+    zones: int = 1
+    """How many zones split the world (k-d split into equal rectangles of cells)."""
+    cell_size: float = 100.0
+    """Edge of a cell in metres: the unit a zone owns and a cell move transfers."""
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> ShardingSettings:
+        unknown = sorted(set(data) - {"zones", "cell_size"})
+        if unknown:
+            raise ConfigError(f"[sharding]: unknown settings: {', '.join(unknown)}")
+        zones = data.get("zones", 1)
+        cell = data.get("cell_size", 100.0)
+        if isinstance(zones, bool) or not isinstance(zones, int) or not 1 <= zones <= 4096:
+            raise ConfigError(f"[sharding] zones = {zones!r}: must be a whole number 1..4096")
+        if isinstance(cell, bool) or not isinstance(cell, int | float) or not cell > 0:
+            raise ConfigError(f"[sharding] cell_size = {cell!r}: must be a number > 0")
+        return cls(int(zones), float(cell))
+
+
 @dataclass
 class World:
     """A loaded world folder."""
@@ -29,6 +54,7 @@ class World:
     config: ZoneConfig
     handler_class: type[ZoneHandler]
     demo: dict[str, Any] = field(default_factory=dict)
+    sharding: ShardingSettings = field(default_factory=ShardingSettings)
 
     def make_handler(self) -> ZoneHandler:
         return self.handler_class()
@@ -67,4 +93,8 @@ def load_world(path: str | Path) -> World:
             raise ConfigError(f"{handler_path}: must define `class Handler(ZoneHandler)`")
         handler_class = found
     demo = data.get("demo", {})
-    return World(root, config, handler_class, dict(demo))
+    try:
+        sharding = ShardingSettings.from_mapping(dict(data.get("sharding", {})))
+    except ConfigError as exc:
+        raise ConfigError(f"{toml_path}: {exc}") from exc
+    return World(root, config, handler_class, dict(demo), sharding)

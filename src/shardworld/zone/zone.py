@@ -21,7 +21,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +49,21 @@ MODE_SEEK = 2
 # Fields the zone keeps per entity for replication bookkeeping. They travel with the row.
 Q_LAST = "_q_last"
 SHADOW = "_shadow"
+
+
+class ZoneLink(Protocol):
+    """What ties a zone into a sharded world (:class:`shardworld.sharding.ZoneNode`).
+
+    Both calls run inside the tick and must not block: ``before_tick`` takes in what the
+    bus brought (inputs, joins, handoffs, ghosts), ``after_simulate`` sends entities that
+    left the region to their new owners and publishes ghosts to the neighbours.
+    """
+
+    def before_tick(self, zone: Zone) -> None: ...
+
+    def after_simulate(self, zone: Zone) -> None: ...
+
+
 # Public fields that have their own place in a spawn record rather than in the blob.
 _SPAWN_HEADER_FIELDS = ("pos", "kind")
 
@@ -220,6 +235,14 @@ class Zone:
         self._messages: collections.deque[PlayerMessage] = collections.deque()
         self.max_messages_per_tick = 4096
         self.messages_dropped = 0
+        #: Ties the zone into a sharded world; None runs it alone.
+        self.link: ZoneLink | None = None
+        #: Whether ``on_start`` runs here: in a sharded world only the first zone runs it
+        #: (the world starts once); what it spawns outside that zone's region is handed off.
+        self.primary = True
+        #: Number ticks from the Unix epoch (tick k is due at k / tick_hz seconds of wall
+        #: time), so every zone of a sharded world agrees on tick numbers and phase.
+        self.align_to_wall_clock = False
 
     # --- the studio's world API ----------------------------------------------------------
 
@@ -329,7 +352,8 @@ class Zone:
         warm_kernels()
         if not self._started:
             self._started = True
-            self.handler.on_start(self)
+            if self.primary:
+                self.handler.on_start(self)
 
     def step(self) -> SnapshotBatch | None:
         """Run one tick now. Returns the snapshot batch if this was a snapshot tick."""
@@ -339,10 +363,18 @@ class Zone:
         phases = np.zeros(len(PHASES), dtype=np.float64)
         t_start = timer()
         self.tick += 1
+        link = self.link
+        if link is not None:
+            link.before_tick(self)
+            t_link = timer()
+            phases[7] = t_link - t_start
+            t_start_inputs = t_link
+        else:
+            t_start_inputs = t_start
 
         batch = self._apply_inputs()
         t1 = timer()
-        phases[0] = t1 - t_start
+        phases[0] = t1 - t_start_inputs
 
         ents = self.entities
         if len(ents):
@@ -377,6 +409,11 @@ class Zone:
         self.handler.on_tick(self, self.tick, batch)
         t3 = timer()
         phases[2] = t3 - t2
+        if link is not None:
+            link.after_simulate(self)
+            t_link = timer()
+            phases[7] += t_link - t3
+            t3 = t_link
 
         out: SnapshotBatch | None = None
         if self.replicate and self.tick % self.config.ticks_per_snapshot == 0:
@@ -577,6 +614,12 @@ class Zone:
         period = self.config.tick_period
         clock = self.clock
         origin = clock.now()
+        if self.align_to_wall_clock:
+            # Tick k is due at k * period of Unix time: the next such instant, on our clock.
+            wall = time.time()
+            k = int(wall // period) + 1
+            origin += k * period - wall
+            self.tick = k - 1
         slot = 0  # deadline of the next tick = origin + slot * period (never accumulated)
         deadline = origin
         done = 0
@@ -596,6 +639,8 @@ class Zone:
                     skipped,
                 )
                 slot += skipped
+                if self.align_to_wall_clock:
+                    self.tick += skipped  # tick numbers keep following the wall clock
                 deadline = origin + slot * period
                 late = now - deadline
             if late > 0.5 * period:

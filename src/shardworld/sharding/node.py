@@ -1,0 +1,685 @@
+"""A zone in a sharded world: its bus traffic, its handoffs and its ghosts.
+
+A :class:`ZoneNode` wraps one :class:`~shardworld.zone.Zone` and hooks into its tick
+(:class:`~shardworld.zone.zone.ZoneLink`):
+
+* ``before_tick`` drains the zone's two topics: entities handed to it (ownership topic) and
+  inputs, joins, leaves, player messages and neighbours' ghosts (real-time topic).
+* ``after_simulate`` hands every entity that now stands in a cell owned elsewhere to that
+  zone (whole rows, studio fields included, with the map epoch), keeps a copy of it as a
+  ghost so no observer here sees it blink out, and sends each neighbour one message with
+  every entity within ghost range of their border.
+* the zone's snapshot batches and world → player messages go to each player's gateway.
+
+All of it works on whole arrays: one bus message per neighbour per tick, no Python loop
+per entity except for the few that arrive for an entity that has just left (forwarding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from shardworld.bus import Bus, BusError, Subscription, TopicSpec
+from shardworld.entities.schema import Scope
+from shardworld.sharding import wire
+from shardworld.sharding.cellmap import CellMap
+from shardworld.zone.sink import SnapshotBatch
+from shardworld.zone.zone import Q_LAST, SHADOW, Zone
+
+log = logging.getLogger("shardworld.sharding")
+
+#: At most this many ticks of ghost lag are made up by moving ghosts along their velocity.
+MAX_GHOST_EXTRAPOLATION_TICKS = 4
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topic names of one world (docs/bus.md lists them with their retention)."""
+
+    world: str
+
+    def zone_rt(self, zone: str) -> str:
+        return f"sw.{self.world}.zone.{zone}.rt"
+
+    def zone_own(self, zone: str) -> str:
+        return f"sw.{self.world}.zone.{zone}.own"
+
+    def gateway(self, index: int) -> str:
+        return f"sw.{self.world}.gw.{index}"
+
+    @property
+    def heartbeat(self) -> str:
+        return f"sw.{self.world}.heartbeat"
+
+    def zone_specs(self, zones: tuple[str, ...]) -> list[TopicSpec]:
+        specs = [TopicSpec(self.heartbeat)]
+        for z in zones:
+            specs.append(TopicSpec(self.zone_rt(z)))
+            specs.append(TopicSpec(self.zone_own(z), durable=True))
+        return specs
+
+
+@dataclass
+class NodeStats:
+    """Counters of a zone's sharding traffic."""
+
+    handoffs_out: int = 0
+    handoffs_in: int = 0
+    handoff_messages_out: int = 0
+    bounced_out: int = 0
+    bounced_in: int = 0
+    stale_refused: int = 0
+    ghosts_out: int = 0
+    ghost_bytes_out: int = 0
+    ghost_messages_out: int = 0
+    ghosts_in: int = 0
+    ghosts_stale: int = 0
+    ghosts_expired: int = 0
+    forwarded: int = 0
+    undeliverable: int = 0
+    wire_errors: int = 0
+    joins: int = 0
+    bus_errors: int = 0
+    #: Ticks from a handoff leaving its old owner to being simulated here (last 4096).
+    handoff_ticks: collections.deque[int] = field(
+        default_factory=lambda: collections.deque(maxlen=4096)
+    )
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+        if self.handoff_ticks:
+            arr = np.fromiter(self.handoff_ticks, dtype=np.int64)
+            out["handoff_p50_ticks"] = float(np.percentile(arr, 50))
+            out["handoff_p99_ticks"] = float(np.percentile(arr, 99))
+        return out
+
+
+class ZoneNode:
+    """One zone of a sharded world, talking to the others and to gateways over a bus.
+
+    Args:
+        zone: the zone (its ``config.name`` must be one of ``cellmap.zones``).
+        bus: a started bus shared by everything in this process.
+        cellmap: who owns which cell, with its epoch.
+        world: the world's name (topic prefix).
+        forward_ttl_ticks: how long inputs and messages for an entity that left are
+            forwarded to its new owner.
+        ghost_timeout_ticks: ghosts of a neighbour that stopped sending are dropped after this.
+    """
+
+    def __init__(
+        self,
+        zone: Zone,
+        bus: Bus,
+        cellmap: CellMap,
+        world: str,
+        *,
+        forward_ttl_ticks: int = 100,
+        ghost_timeout_ticks: int = 40,
+    ) -> None:
+        self.zone = zone
+        self.bus = bus
+        self.topics = Topics(world)
+        self.name = zone.config.name
+        self.cellmap = cellmap
+        self.index = cellmap.zone_index(self.name)
+        self.forward_ttl_ticks = forward_ttl_ticks
+        self.ghost_timeout_ticks = ghost_timeout_ticks
+        self.stats = NodeStats()
+        self._rt: Subscription | None = None
+        self._own: Subscription | None = None
+        self._beats: Subscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._forward: dict[int, tuple[int, int]] = {}  # entity -> (zone index, expiry tick)
+        self._ghost_ids: dict[int, npt.NDArray[np.uint64]] = {}
+        self._ghost_seen: dict[int, int] = {}
+        self._out_messages: dict[int, list[tuple[int, str, Any]]] = {}
+        self._gateways: set[int] = set()
+        self._opening: dict[int, list[wire.Message]] = {}
+        self.peers: dict[int, wire.Heartbeat] = {}
+        self._peer_seen_at: dict[int, float] = {}
+        self._logged: set[str] = set()
+        self._closing = False
+        self._deferred: list[wire.Handoff] = []
+
+        schema = zone.schema
+        self._row_dtype = schema.row_dtype()
+        self._fingerprint = schema.fingerprint()
+        internal = {Q_LAST, SHADOW}
+        self._ghost_fields = [
+            f.name for f in schema.fields if f.scope is not Scope.SERVER and f.name not in internal
+        ]
+        parts: list[tuple[str, np.dtype[Any], tuple[int, ...]]] = [("id", np.dtype("<u8"), ())]
+        parts += [(f.name, f.dtype, f.shape) for f in schema.fields if f.name in self._ghost_fields]
+        self._ghost_dtype = np.dtype(parts)
+        #: This zone's replication bookkeeping (what its observers last got), per entity.
+        self._local_fields = [n for n in (Q_LAST, SHADOW) if schema.get(n) is not None]
+        self._apply_map(cellmap)
+
+        zone.link = self
+        zone.sink = self
+        zone.message_sink = self._message_out
+        zone.primary = self.index == 0
+        zone.align_to_wall_clock = True
+
+    # --- the map ---------------------------------------------------------------------------
+
+    def _apply_map(self, cellmap: CellMap) -> None:
+        self.cellmap = cellmap
+        self.index = cellmap.zone_index(self.name)
+        self._owner_flat = np.ascontiguousarray(cellmap.owner.reshape(-1)).astype(np.int16)
+        cfg = self.zone.config
+        reach = cfg.interest_radius + cfg.interest_hysteresis
+        self._ghost_masks = cellmap.ghost_cells(self.index, reach)
+
+    def apply_map(self, cellmap: CellMap) -> None:
+        """Take a newer cell map (at a tick boundary). Older or equal epochs are refused."""
+        if cellmap.epoch <= self.cellmap.epoch:
+            raise ValueError(
+                f"cell map epoch {cellmap.epoch} is not newer than {self.cellmap.epoch}"
+            )
+        self._apply_map(cellmap)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the world's topics, subscribe to ours and start the heartbeat."""
+        zones = self.cellmap.zones
+        await self.bus.create_topics(self.topics.zone_specs(zones))
+        self._beats = await self.bus.subscribe(self.topics.heartbeat, "latest")
+        self._own = await self.bus.subscribe(self.topics.zone_own(self.name), "latest")
+        self._rt = await self.bus.subscribe(self.topics.zone_rt(self.name), "latest")
+        self._tasks.append(asyncio.create_task(self._heartbeats(), name=f"beat-{self.name}"))
+        log.info(
+            "zone %s (%d of %d) on %s, map epoch %d, %d neighbours",
+            self.name,
+            self.index,
+            len(zones),
+            self.bus.url,
+            self.cellmap.epoch,
+            len(self._ghost_masks),
+        )
+
+    async def wait_for_peers(self, timeout: float = 60.0) -> None:
+        """Wait until every zone of the map has announced itself (its topics are read).
+
+        Handoffs sent to a zone before it subscribes would wait unread in its topic, so
+        nobody ticks before everybody listens.
+        """
+        want = set(range(len(self.cellmap.zones)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        next_log = loop.time() + 2.0
+        while not want <= set(self.peers):
+            if loop.time() > deadline:
+                missing = [self.cellmap.zones[i] for i in sorted(want - set(self.peers))]
+                raise TimeoutError(f"zone {self.name}: zones {missing} did not show up")
+            if loop.time() > next_log:
+                missing = [self.cellmap.zones[i] for i in sorted(want - set(self.peers))]
+                log.info("zone %s: waiting for zones %s", self.name, ", ".join(missing))
+                next_log = loop.time() + 5.0
+            await asyncio.sleep(0.05)
+
+    async def run(self) -> None:
+        """Start, wait for the other zones, then tick until stopped."""
+        await self.start()
+        await self.wait_for_peers()
+        await self.zone.run()
+
+    async def close(self) -> None:
+        self._closing = True
+        for sub in (self._rt, self._own, self._beats):
+            if sub is not None:
+                await sub.close()
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=2.0)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
+
+    async def _heartbeats(self) -> None:
+        assert self._beats is not None
+        loop = asyncio.get_running_loop()
+        next_beat = 0.0
+        while not self._closing:
+            now = loop.time()
+            announce = now >= next_beat
+            try:
+                records = self._beats.poll()
+            except BusError:
+                return
+            for rec in records:
+                try:
+                    hb = wire.decode(rec.value)
+                except wire.WireError:
+                    self.stats.wire_errors += 1
+                    continue
+                if isinstance(hb, wire.Heartbeat):
+                    if hb.zone not in self.peers and hb.zone != self.index:
+                        announce = True  # a newcomer: tell it at once that we are here
+                    self.peers[hb.zone] = hb
+                    self._peer_seen_at[hb.zone] = now
+            if announce:
+                self._send(self.topics.heartbeat, self._heartbeat())
+                next_beat = now + 1.0
+            try:
+                await self._beats.wait(0.25)
+            except BusError:
+                return
+
+    def _heartbeat(self) -> wire.Heartbeat:
+        z = self.zone
+        report = z.stats.report()
+        report.pop("phase_ms", None)
+        return wire.Heartbeat(
+            self.index,
+            self.name,
+            self.cellmap.epoch,
+            z.tick,
+            len(z.entities),
+            {**report, "node": self.stats.report()},
+        )
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def _send(self, topic: str, msg: wire.Message) -> int:
+        data = wire.encode(msg)
+        try:
+            self.bus.send(topic, data)
+        except BusError as exc:
+            self.stats.bus_errors += 1
+            self._log_once(f"send:{topic}", "zone %s: cannot send to %s: %s", topic, exc)
+            return 0
+        return len(data)
+
+    def _log_once(self, key: str, fmt: str, *args: Any) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning(fmt, self.name, *args)
+
+    def _to_zone(self, index: int, msg: wire.Message, own: bool = False) -> None:
+        name = self.cellmap.zones[index]
+        topic = self.topics.zone_own(name) if own else self.topics.zone_rt(name)
+        self._send(topic, msg)
+
+    def _to_gateway(self, gateway: int, msg: wire.Message) -> None:
+        if gateway in self._gateways:
+            self._send(self.topics.gateway(gateway), msg)
+            return
+        # A gateway we have not written to yet: open its topic first (async), keeping the
+        # replies; snapshots are not worth keeping, the next ones supersede them.
+        pending = self._opening.get(gateway)
+        if pending is None:
+            pending = self._opening[gateway] = []
+            self._tasks.append(asyncio.ensure_future(self._open_gateway(gateway)))
+        if isinstance(msg, SnapshotBatch):
+            self.stats.undeliverable += 1
+        else:
+            pending.append(msg)
+
+    async def _open_gateway(self, gateway: int) -> None:
+        topic = self.topics.gateway(gateway)
+        try:
+            await self.bus.create_topics([TopicSpec(topic)])
+        except BusError as exc:
+            log.error("zone %s: cannot open gateway %d's topic: %s", self.name, gateway, exc)
+            self._opening.pop(gateway, None)
+            return
+        self._gateways.add(gateway)
+        for msg in self._opening.pop(gateway, []):
+            self._send(topic, msg)
+
+    # --- before the tick: what the bus brought ---------------------------------------------
+
+    def before_tick(self, zone: Zone) -> None:
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            for msg in deferred:
+                self._on_handoff(msg)
+        if self._own is not None:
+            for rec in self._own.poll():
+                self._dispatch(rec.value)
+        if self._rt is not None:
+            for rec in self._rt.poll():
+                self._dispatch(rec.value)
+        self._expire(zone.tick)
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            msg = wire.decode(data)
+        except wire.WireError as exc:
+            self.stats.wire_errors += 1
+            self._log_once("wire", "zone %s: dropped a malformed bus message: %s", exc)
+            return
+        try:
+            t = type(msg)
+            if t is wire.Inputs:
+                assert isinstance(msg, wire.Inputs)
+                self._on_inputs(msg)
+            elif t is wire.Ghosts:
+                assert isinstance(msg, wire.Ghosts)
+                self._on_ghosts(msg)
+            elif t is wire.Handoff:
+                assert isinstance(msg, wire.Handoff)
+                self._on_handoff(msg)
+            elif t is wire.Join:
+                assert isinstance(msg, wire.Join)
+                self._on_join(msg)
+            elif t is wire.Leave:
+                assert isinstance(msg, wire.Leave)
+                if not self._forwarded(msg.entity, msg):
+                    self.zone.leave_player(msg.entity)
+            elif t is wire.PlayerMessageIn:
+                assert isinstance(msg, wire.PlayerMessageIn)
+                if not self._forwarded(msg.entity, msg):
+                    self.zone.post_message(msg.entity, msg.kind, msg.body)
+            elif t is wire.Resync:
+                assert isinstance(msg, wire.Resync)
+                if not self._forwarded(msg.entity, msg):
+                    self.zone.request_resync(msg.entity)
+            else:
+                self.stats.wire_errors += 1
+                self._log_once(f"kind:{t.__name__}", "zone %s: unexpected %s", t.__name__)
+        except (ValueError, KeyError) as exc:
+            self.stats.wire_errors += 1
+            self._log_once(f"bad:{type(msg).__name__}", "zone %s: refused a message: %s", exc)
+
+    def _forwarded(self, entity: int, msg: wire.Message) -> bool:
+        """Send ``msg`` on if ``entity`` left us lately; False if it is ours (or unknown)."""
+        if self.zone.entities.rows_of([entity])[0] >= 0:
+            return False
+        dst = self._forward.get(entity)
+        if dst is None:
+            return False
+        self.stats.forwarded += 1
+        self._to_zone(dst[0], msg)
+        return True
+
+    def _on_inputs(self, msg: wire.Inputs) -> None:
+        ids = msg.ids
+        if len(ids) == 0:
+            return
+        ours = self.zone.entities.contains(ids)
+        if np.all(ours):
+            self.zone.inputs.push_many(ids, msg.seq, msg.intent, msg.actions)
+            return
+        self.zone.inputs.push_many(ids[ours], msg.seq[ours], msg.intent[ours], msg.actions[ours])
+        away = np.flatnonzero(~ours)
+        dst = np.array([self._forward.get(int(i), (-1, 0))[0] for i in ids[away]], np.int64)
+        for d in np.unique(dst[dst >= 0]):
+            sel = away[dst == d]
+            self.stats.forwarded += len(sel)
+            self._to_zone(
+                int(d), wire.Inputs(ids[sel], msg.seq[sel], msg.intent[sel], msg.actions[sel])
+            )
+        # Inputs for entities we never had are left to the zone, which counts them unknown.
+        lost = away[dst < 0]
+        if len(lost):
+            self.zone.inputs.push_many(
+                ids[lost], msg.seq[lost], msg.intent[lost], msg.actions[lost]
+            )
+
+    def _on_join(self, msg: wire.Join) -> None:
+        zone = self.zone
+        if msg.entity is not None and self._forwarded(msg.entity, msg):
+            return
+        try:
+            if msg.entity is not None and zone.entities.rows_of([msg.entity])[0] >= 0:
+                zone.entities.set([msg.entity], gateway=msg.gateway)
+                reply = wire.Joined(msg.request, msg.entity, True, self.index)
+            else:
+                eid = zone.join_player(msg.player)
+                zone.entities.set([eid], gateway=msg.gateway)
+                reply = wire.Joined(msg.request, eid, False, self.index)
+                self.stats.joins += 1
+        except Exception as exc:
+            log.exception("zone %s: join of player %d failed", self.name, msg.player)
+            reply = wire.Joined(msg.request, 0, False, self.index, error=str(exc)[:200])
+        self._to_gateway(msg.gateway, reply)
+
+    def _on_handoff(self, msg: wire.Handoff) -> None:
+        zone = self.zone
+        if msg.fingerprint != self._fingerprint:
+            raise ValueError(
+                f"handoff from zone {msg.source} has schema {msg.fingerprint}, "
+                f"ours is {self._fingerprint}: every zone must run the same world code"
+            )
+        if len(msg.rows) % self._row_dtype.itemsize:
+            raise ValueError("handoff rows do not match the row layout")
+        if not msg.bounce and msg.epoch < self.cellmap.epoch:
+            # Fencing: the sender decided under an older map. Send the rows back so the
+            # entities stay alive with their owner, which re-routes them once it has caught up.
+            refused = len(msg.rows) // self._row_dtype.itemsize
+            self.stats.stale_refused += refused
+            self.stats.bounced_out += refused
+            self._log_once(
+                "stale",
+                "zone %s: refused a handoff of epoch %d (ours %d)",
+                msg.epoch,
+                self.cellmap.epoch,
+            )
+            back = wire.Handoff(
+                self.cellmap.epoch,
+                self.index,
+                msg.source,
+                zone.tick,
+                msg.fingerprint,
+                msg.rows,
+                bounce=True,
+            )
+            self._to_zone(msg.source, back, own=True)
+            return
+        if msg.tick >= zone.tick:
+            # The sender already simulated these entities for this tick (it ran first, or
+            # its clock is a little ahead): take them in at our next tick, not twice now.
+            self._deferred.append(msg)
+            return
+        block = np.frombuffer(msg.rows, dtype=self._row_dtype)
+        if len(block) == 0:
+            return
+        ids = np.ascontiguousarray(block["id"])
+        # What our observers last saw of these entities (as ghosts) stays our bookkeeping.
+        g_rows = zone.ghosts.rows_of(ids)
+        had = g_rows >= 0
+        keep = {n: zone.ghosts[n][g_rows[had]].copy() for n in self._local_fields}
+        zone.ghosts.despawn(ids[had])
+        zone.entities.import_rows(block.copy())
+        rows = zone.entities.rows_of(ids)
+        for name, values in keep.items():
+            zone.entities[name][rows[had]] = values
+        for i in ids.tolist():
+            self._forward.pop(i, None)
+        if msg.bounce:
+            self.stats.bounced_in += len(ids)
+        else:
+            self.stats.handoffs_in += len(ids)
+            self.stats.handoff_ticks.extend([max(0, zone.tick - msg.tick)] * len(ids))
+        obs = zone.entities["observer"][rows] != 0
+        if np.any(obs):
+            oids = ids[obs]
+            gws = zone.entities["gateway"][rows[obs]]
+            for oid in oids.tolist():
+                zone.request_resync(oid)
+            for g in np.unique(gws).tolist():
+                self._to_gateway(int(g), wire.Route(self.index, oids[gws == g]))
+
+    def _on_ghosts(self, msg: wire.Ghosts) -> None:
+        zone = self.zone
+        if msg.epoch < self.cellmap.epoch:
+            self.stats.ghosts_stale += 1
+            return
+        if len(msg.rows) % self._ghost_dtype.itemsize:
+            raise ValueError("ghost rows do not match the ghost layout")
+        src = msg.source
+        if src == self.index or not 0 <= src < len(self.cellmap.zones):
+            raise ValueError(f"ghosts from zone {src}")
+        block = np.frombuffer(msg.rows, dtype=self._ghost_dtype)
+        ids = np.ascontiguousarray(block["id"])
+        mine = zone.entities.contains(ids)
+        if np.any(mine):
+            block, ids = block[~mine], ids[~mine]
+        prev = self._ghost_ids.get(src)
+        if prev is not None and len(prev):
+            gone = np.setdiff1d(prev, ids, assume_unique=True)
+            if len(gone):
+                others = [v for k, v in self._ghost_ids.items() if k != src and len(v)]
+                if others:
+                    gone = gone[~np.isin(gone, np.concatenate(others))]
+                zone.ghosts.despawn(gone)
+        self._ghost_ids[src] = ids
+        self._ghost_seen[src] = zone.tick
+        self.stats.ghosts_in += len(ids)
+        if len(ids) == 0:
+            return
+        values = {name: block[name] for name in self._ghost_fields}
+        lag = min(max(zone.tick - msg.tick, 0), MAX_GHOST_EXTRAPOLATION_TICKS)
+        if lag:
+            values["pos"] = block["pos"] + block["vel"] * np.float32(lag * zone.config.tick_period)
+        zone.ghosts.upsert(ids, **values)
+
+    def _expire(self, tick: int) -> None:
+        if tick % 20:
+            return
+        for src, seen in list(self._ghost_seen.items()):
+            if tick - seen > self.ghost_timeout_ticks:
+                ids = self._ghost_ids.pop(src, None)
+                del self._ghost_seen[src]
+                if ids is not None and len(ids):
+                    self.stats.ghosts_expired += len(ids)
+                    self.zone.ghosts.despawn(ids)
+                    log.warning(
+                        "zone %s: no ghosts from zone %s for %d ticks; dropped %d",
+                        self.name,
+                        self.cellmap.zones[src],
+                        tick - seen,
+                        len(ids),
+                    )
+        if self._forward:
+            dead = [e for e, (_, exp) in self._forward.items() if exp < tick]
+            for e in dead:
+                del self._forward[e]
+
+    # --- after the simulation: handoffs and ghosts -------------------------------------------
+
+    def after_simulate(self, zone: Zone) -> None:
+        ents = zone.entities
+        if len(ents):
+            cells = self.cellmap.cell_of(ents["pos"])
+            owner = self._owner_flat[cells]
+            away = np.flatnonzero(owner != self.index)
+            if len(away):
+                self._hand_off(zone, ents.ids[away], owner[away])
+                cells = self.cellmap.cell_of(ents["pos"])
+            self._publish_ghosts(zone, cells)
+        elif self._ghost_masks:
+            self._publish_ghosts(zone, np.zeros(0, np.int32))
+        if self._out_messages:
+            for g, items in self._out_messages.items():
+                self._to_gateway(g, wire.Messages(items))
+            self._out_messages = {}
+
+    def _hand_off(
+        self, zone: Zone, ids: npt.NDArray[np.uint64], dst: npt.NDArray[np.int16]
+    ) -> None:
+        expiry = zone.tick + self.forward_ttl_ticks
+        for d in np.unique(dst).tolist():
+            sel = np.ascontiguousarray(ids[dst == d])
+            block = zone.entities.take_rows(sel)
+            msg = wire.Handoff(
+                self.cellmap.epoch, self.index, d, zone.tick, self._fingerprint, block.tobytes()
+            )
+            self._to_zone(d, msg, own=True)
+            self.stats.handoffs_out += len(sel)
+            self.stats.handoff_messages_out += 1
+            for i in sel.tolist():
+                self._forward[i] = (d, expiry)
+            # Until the new owner's ghosts arrive, our observers keep seeing it from here.
+            values: dict[str, Any] = {name: block[name] for name in self._ghost_fields}
+            for name in self._local_fields:
+                values[name] = block[name]
+            zone.ghosts.upsert(block["id"], **values)
+            prev = self._ghost_ids.get(d)
+            self._ghost_ids[d] = (
+                np.union1d(prev, block["id"]) if prev is not None else np.sort(block["id"])
+            )
+            self._ghost_seen.setdefault(d, zone.tick)
+
+    def _publish_ghosts(self, zone: Zone, cells: npt.NDArray[np.int32]) -> None:
+        ents = zone.entities
+        for n, mask in self._ghost_masks.items():
+            rows = np.flatnonzero(mask[cells]) if len(cells) else np.zeros(0, np.int64)
+            block = np.empty(len(rows), dtype=self._ghost_dtype)
+            block["id"] = ents.ids[rows]
+            for name in self._ghost_fields:
+                block[name] = ents[name][rows]
+            sent = self._send(
+                self.topics.zone_rt(self.cellmap.zones[n]),
+                wire.Ghosts(self.cellmap.epoch, self.index, zone.tick, block.tobytes()),
+            )
+            self.stats.ghosts_out += len(rows)
+            self.stats.ghost_bytes_out += sent
+            self.stats.ghost_messages_out += 1
+
+    # --- toward gateways ---------------------------------------------------------------------
+
+    def _message_out(self, entity_id: int, kind: str, body: Any) -> None:
+        row = self.zone.entities.rows_of([entity_id])[0]
+        if row < 0:
+            self.stats.undeliverable += 1
+            return
+        g = int(self.zone.entities["gateway"][row])
+        self._out_messages.setdefault(g, []).append((entity_id, kind, body))
+
+    def emit(self, batch: SnapshotBatch) -> None:
+        """The zone's snapshot sink: each gateway gets the payloads of its players."""
+        n = len(batch)
+        if n == 0:
+            return
+        rows = self.zone.entities.rows_of(batch.observer_ids)
+        gws = self.zone.entities["gateway"][rows]
+        first = int(gws[0])
+        if np.all(gws == first):
+            self._to_gateway(first, batch)
+            return
+        lengths = np.diff(batch.off)
+        for g in np.unique(gws).tolist():
+            sel = gws == g
+            byte_mask = np.repeat(sel, lengths)
+            off = np.zeros(int(sel.sum()) + 1, np.int64)
+            np.cumsum(lengths[sel], out=off[1:])
+            self._to_gateway(
+                int(g),
+                SnapshotBatch(
+                    zone=batch.zone,
+                    tick=batch.tick,
+                    observer_ids=batch.observer_ids[sel],
+                    owners=batch.owners[sel],
+                    input_acks=batch.input_acks[sel],
+                    buf=batch.buf[byte_mask],
+                    off=off,
+                ),
+            )
+
+    # --- for tests and tools ---------------------------------------------------------------
+
+    async def wait_for_ownership_traffic(self, timeout: float) -> bool:
+        """Until a handoff (or bounce) for this zone is ready to read, or ``timeout``."""
+        if self._own is None:
+            return False
+        return await self._own.wait(timeout)
+
+    def owned_ids(self) -> npt.NDArray[np.uint64]:
+        return self.zone.entities.live_ids().copy()
+
+    def wall_time(self) -> float:
+        return time.time()
