@@ -220,6 +220,40 @@ async def test_a_handoff_of_a_stale_epoch_is_refused_and_the_entity_lives_on(
         await cluster.close()
 
 
+async def test_a_new_cell_map_moves_cells_and_their_entities(bus_url: str) -> None:
+    cluster = Cluster(_world(npcs=300), bus_url=bus_url, clock=ManualClock(), world_name=_name())
+    await cluster.start()
+    try:
+        delay = _delay(bus_url)
+        await _settle(cluster, 4, delay)
+        cm = cluster.cellmap
+        owner = np.asarray(cm.owner).copy()
+        # Zone 0's easternmost column of cells goes to zone 1.
+        col = int(np.max(np.nonzero(owner == 0)[1]))
+        owner[:, col] = 1
+        newer = cm.with_owner(owner)
+        cluster.bus.send(cluster.nodes[0].topics.control, wire.encode(wire.MapUpdate(newer)))
+        await cluster.bus.flush()
+        for _ in range(400):  # a loaded broker may take a while; done as soon as settled
+            cluster.step()
+            await asyncio.sleep(delay)
+            _check_ownership(cluster, 300)
+            if (
+                all(n.cellmap.epoch == newer.epoch for n in cluster.nodes)
+                and not cluster.in_flight()
+            ):
+                break
+        await _settle(cluster, 3, delay)
+        assert all(n.cellmap.epoch == newer.epoch for n in cluster.nodes)
+        for i, z in enumerate(cluster.zones):
+            assert np.all(newer.owner_of(z.entities["pos"]) == i)
+        moved = int(np.count_nonzero(newer.owner_of(cluster.zones[1].entities["pos"]) == 1))
+        assert moved == len(cluster.zones[1].entities)
+        _check_ownership(cluster, 300)
+    finally:
+        await cluster.close()
+
+
 async def test_garbage_on_a_zone_topic_is_counted_and_the_zone_carries_on(bus_url: str) -> None:
     cluster = Cluster(_world(npcs=50), bus_url=bus_url, clock=ManualClock(), world_name=_name())
     await cluster.start()

@@ -39,6 +39,9 @@ log = logging.getLogger("shardworld.sharding")
 #: At most this many ticks of ghost lag are made up by moving ghosts along their velocity.
 MAX_GHOST_EXTRAPOLATION_TICKS = 4
 
+#: In the per-cell load a zone reports, an observer counts as this many plain entities.
+OBSERVER_LOAD_WEIGHT = 4.0
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -59,8 +62,12 @@ class Topics:
     def heartbeat(self) -> str:
         return f"sw.{self.world}.heartbeat"
 
+    @property
+    def control(self) -> str:
+        return f"sw.{self.world}.control"
+
     def zone_specs(self, zones: tuple[str, ...]) -> list[TopicSpec]:
-        specs = [TopicSpec(self.heartbeat)]
+        specs = [TopicSpec(self.heartbeat), TopicSpec(self.control, durable=True)]
         for z in zones:
             specs.append(TopicSpec(self.zone_rt(z)))
             specs.append(TopicSpec(self.zone_own(z), durable=True))
@@ -88,6 +95,8 @@ class NodeStats:
     wire_errors: int = 0
     joins: int = 0
     bus_errors: int = 0
+    maps_applied: int = 0
+    handoffs_held: int = 0
     #: Ticks from a handoff leaving its old owner to being simulated here (last 4096).
     handoff_ticks: collections.deque[int] = field(
         default_factory=lambda: collections.deque(maxlen=4096)
@@ -149,6 +158,8 @@ class ZoneNode:
         self._logged: set[str] = set()
         self._closing = False
         self._deferred: list[wire.Handoff] = []
+        self._zones_ready: set[int] = set()
+        self._control: Subscription | None = None
 
         schema = zone.schema
         self._row_dtype = schema.row_dtype()
@@ -173,20 +184,59 @@ class ZoneNode:
     # --- the map ---------------------------------------------------------------------------
 
     def _apply_map(self, cellmap: CellMap) -> None:
+        old = getattr(self, "cellmap", None)
+        if old is not None and cellmap.zones[: len(old.zones)] != old.zones:
+            # Messages name zones by index: the list may grow, never reorder or shrink.
+            raise ValueError(
+                f"cell map epoch {cellmap.epoch} renames zones {old.zones} -> {cellmap.zones}"
+            )
         self.cellmap = cellmap
         self.index = cellmap.zone_index(self.name)
         self._owner_flat = np.ascontiguousarray(cellmap.owner.reshape(-1)).astype(np.int16)
         cfg = self.zone.config
         reach = cfg.interest_radius + cfg.interest_hysteresis
         self._ghost_masks = cellmap.ghost_cells(self.index, reach)
+        if old is not None:
+            # Ghosts of zones that are no longer neighbours stop coming: drop them now.
+            for src in [s for s in self._ghost_ids if s not in self._ghost_masks]:
+                gone = self._ghost_ids.pop(src)
+                self._ghost_seen.pop(src, None)
+                self.zone.ghosts.despawn(gone)
+            new = [z for z in cellmap.zones[len(old.zones) :]]
+            if new:
+                self._tasks.append(asyncio.ensure_future(self._open_zones(new)))
+
+    async def _open_zones(self, names: list[str]) -> None:
+        specs = [
+            spec
+            for spec in self.topics.zone_specs(tuple(names))
+            if spec.name not in (self.topics.heartbeat, self.topics.control)
+        ]
+        try:
+            await self.bus.create_topics(specs)
+        except BusError as exc:
+            log.error("zone %s: cannot open topics of zones %s: %s", self.name, names, exc)
+            return
+        for n in names:
+            self._zones_ready.add(self.cellmap.zone_index(n))
 
     def apply_map(self, cellmap: CellMap) -> None:
-        """Take a newer cell map (at a tick boundary). Older or equal epochs are refused."""
+        """Take a newer cell map (at a tick boundary). Older or equal epochs are refused.
+
+        Entities standing in cells that are no longer ours are handed to their new owner at
+        the end of this tick, like any entity that walks out.
+        """
         if cellmap.epoch <= self.cellmap.epoch:
             raise ValueError(
                 f"cell map epoch {cellmap.epoch} is not newer than {self.cellmap.epoch}"
             )
+        before = int(np.count_nonzero(self._owner_flat == self.index))
         self._apply_map(cellmap)
+        after = int(np.count_nonzero(self._owner_flat == self.index))
+        self.stats.maps_applied += 1
+        log.info(
+            "zone %s: cell map epoch %d: %d cells -> %d", self.name, cellmap.epoch, before, after
+        )
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -194,6 +244,8 @@ class ZoneNode:
         """Create the world's topics, subscribe to ours and start the heartbeat."""
         zones = self.cellmap.zones
         await self.bus.create_topics(self.topics.zone_specs(zones))
+        self._zones_ready.update(range(len(zones)))
+        self._control = await self.bus.subscribe(self.topics.control, "latest")
         self._beats = await self.bus.subscribe(self.topics.heartbeat, "latest")
         self._own = await self.bus.subscribe(self.topics.zone_own(self.name), "latest")
         self._rt = await self.bus.subscribe(self.topics.zone_rt(self.name), "latest")
@@ -236,7 +288,7 @@ class ZoneNode:
 
     async def close(self) -> None:
         self._closing = True
-        for sub in (self._rt, self._own, self._beats):
+        for sub in (self._rt, self._own, self._beats, self._control):
             if sub is not None:
                 await sub.close()
         tasks, self._tasks = self._tasks, []
@@ -281,6 +333,16 @@ class ZoneNode:
         z = self.zone
         report = z.stats.report()
         report.pop("phase_ms", None)
+        # Load per cell, for the rebalancer: entities, observers weighing more (they cost
+        # interest and encoding), as sparse (cell, load) columns.
+        ents = z.entities
+        if len(ents):
+            cells = self.cellmap.cell_of(ents["pos"])
+            weight = 1.0 + OBSERVER_LOAD_WEIGHT * (ents["observer"] != 0)
+            load = np.bincount(cells, weights=weight, minlength=self.cellmap.n_cells)
+            nz = np.flatnonzero(load)
+            report["cell_ids"] = nz.astype("<i4").tobytes()
+            report["cell_load"] = load[nz].astype("<f4").tobytes()
         return wire.Heartbeat(
             self.index,
             self.name,
@@ -307,10 +369,10 @@ class ZoneNode:
             self._logged.add(key)
             log.warning(fmt, self.name, *args)
 
-    def _to_zone(self, index: int, msg: wire.Message, own: bool = False) -> None:
+    def _to_zone(self, index: int, msg: wire.Message, own: bool = False) -> bool:
         name = self.cellmap.zones[index]
         topic = self.topics.zone_own(name) if own else self.topics.zone_rt(name)
-        self._send(topic, msg)
+        return self._send(topic, msg) > 0
 
     def _to_gateway(self, gateway: int, msg: wire.Message) -> None:
         if gateway in self._gateways:
@@ -342,6 +404,9 @@ class ZoneNode:
     # --- before the tick: what the bus brought ---------------------------------------------
 
     def before_tick(self, zone: Zone) -> None:
+        if self._control is not None:
+            for rec in self._control.poll():
+                self._dispatch(rec.value)
         if self._deferred:
             deferred, self._deferred = self._deferred, []
             for msg in deferred:
@@ -383,6 +448,10 @@ class ZoneNode:
                 assert isinstance(msg, wire.PlayerMessageIn)
                 if not self._forwarded(msg.entity, msg):
                     self.zone.post_message(msg.entity, msg.kind, msg.body)
+            elif t is wire.MapUpdate:
+                assert isinstance(msg, wire.MapUpdate)
+                if msg.cellmap.epoch > self.cellmap.epoch:
+                    self.apply_map(msg.cellmap)
             elif t is wire.Resync:
                 assert isinstance(msg, wire.Resync)
                 if not self._forwarded(msg.entity, msg):
@@ -594,11 +663,20 @@ class ZoneNode:
         expiry = zone.tick + self.forward_ttl_ticks
         for d in np.unique(dst).tolist():
             sel = np.ascontiguousarray(ids[dst == d])
+            if d not in self._zones_ready:
+                # A zone that has just joined the map: its topics are being created. The
+                # entities stay (and are simulated) here until they can be sent.
+                self.stats.handoffs_held += len(sel)
+                continue
             block = zone.entities.take_rows(sel)
             msg = wire.Handoff(
                 self.cellmap.epoch, self.index, d, zone.tick, self._fingerprint, block.tobytes()
             )
-            self._to_zone(d, msg, own=True)
+            if not self._to_zone(d, msg, own=True):
+                # The bus refused it: nothing left, so the entities stay ours.
+                zone.entities.import_rows(block)
+                self.stats.handoffs_held += len(sel)
+                continue
             self.stats.handoffs_out += len(sel)
             self.stats.handoff_messages_out += 1
             for i in sel.tolist():

@@ -19,6 +19,7 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
+from shardworld.sharding.cellmap import CellMap
 from shardworld.zone.sink import SnapshotBatch
 
 
@@ -44,6 +45,7 @@ class Kind(enum.IntEnum):
     ROUTE = 23
     # world-wide
     HEARTBEAT = 30
+    MAP = 31
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,13 @@ class Heartbeat:
     report: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class MapUpdate:
+    """A new cell map (from the coordinator): apply it at the next tick boundary."""
+
+    cellmap: CellMap
+
+
 Message = (
     Inputs
     | PlayerMessageIn
@@ -151,6 +160,7 @@ Message = (
     | Joined
     | Route
     | Heartbeat
+    | MapUpdate
 )
 
 
@@ -220,6 +230,9 @@ def encode(msg: Message) -> bytes:
         return _pack(
             [Kind.HEARTBEAT, msg.zone, msg.name, msg.epoch, msg.tick, msg.entities, msg.report]
         )
+    if t is MapUpdate:
+        assert isinstance(msg, MapUpdate)
+        return _pack([Kind.MAP, msg.cellmap.to_bytes()])
     raise TypeError(f"not a bus message: {t.__name__}")
 
 
@@ -371,4 +384,10 @@ def decode(data: bytes) -> Message:
             _int(items[5], "entities"),
             items[6],
         )
+    if kind is Kind.MAP:
+        _expect(items, 2, "MAP")
+        try:
+            return MapUpdate(CellMap.from_bytes(_bytes(items[1], "map")))
+        except ValueError as exc:
+            raise WireError(f"MAP: {exc}") from None
     raise WireError(f"unhandled message kind {kind!r}")  # pragma: no cover - enum is closed
