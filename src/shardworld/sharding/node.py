@@ -329,6 +329,10 @@ class ZoneNode:
             except BusError:
                 return
 
+    def beat(self) -> None:
+        """Send a heartbeat (with this zone's load report) now."""
+        self._send(self.topics.heartbeat, self._heartbeat())
+
     def _heartbeat(self) -> wire.Heartbeat:
         z = self.zone
         report = z.stats.report()

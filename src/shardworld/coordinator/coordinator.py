@@ -1,0 +1,326 @@
+"""The coordinator: one leader (under a lease in the store) that owns the cell map.
+
+Every ``period_s`` the leader
+
+1. reads the zones' heartbeats from the bus (tick p99, per-cell load),
+2. asks its planner for a better map (moving split lines toward balance, with damping),
+3. writes the new map to the store with compare-and-set on the epoch (so two coordinators
+   that both believe they lead cannot both win), then announces it on the control topic,
+   where every zone applies it at its next tick boundary and hands off the cells it lost,
+4. appends every ownership change to the store's event log and the structured log: the
+   audit trail of which zone simulated which cells when.
+
+Standbys run the same loop and try to take the lease each period; when the leader dies its
+lease lapses after ``lease_ttl_s`` and one standby takes over, reading the current map from
+the store. Leadership is fenced twice: by the lease token and by the map epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from shardworld.bus import Bus, BusError, Subscription
+from shardworld.sharding import wire
+from shardworld.sharding.cellmap import CellMap
+from shardworld.sharding.node import Topics
+from shardworld.store import Lease, Store, StoreError
+
+log = logging.getLogger("shardworld.coordinator")
+
+LEADER_LEASE = "coordinator"
+
+
+class Planner(Protocol):
+    """Decides the next cell map from the current one and the measured load."""
+
+    def next_map(
+        self,
+        cellmap: CellMap,
+        cell_load: npt.NDArray[np.float64],
+        zone_p99_ms: dict[str, float],
+        now: float,
+    ) -> tuple[CellMap, list[dict[str, Any]]] | None:
+        """A newer map (epoch + 1) and what changed, or None to keep the current one."""
+        ...
+
+
+@dataclass
+class ZoneView:
+    """What the coordinator last heard from a zone."""
+
+    name: str
+    index: int
+    seen_at: float
+    tick: int
+    epoch: int
+    entities: int
+    p99_ms: float
+    cell_ids: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
+    cell_load: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class Coordinator:
+    """One coordinator process (leader or standby) of a world.
+
+    Args:
+        bus: a started bus.
+        store: a started store (the map and the leader lease live there).
+        world: the world's name.
+        initial: the map to start from when the store has none yet.
+        node_id: who this coordinator is (shows in the lease and the audit trail).
+        planner: decides map changes; None only watches (no rebalancing).
+        period_s: how often the leader looks at the load.
+        lease_ttl_s: how long a silent leader keeps the lease.
+        clock: Unix time (tests may pass their own).
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        store: Store,
+        world: str,
+        initial: CellMap,
+        node_id: str,
+        planner: Planner | None = None,
+        period_s: float = 1.0,
+        lease_ttl_s: float = 3.0,
+        stale_after_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bus = bus
+        self.store = store
+        self.world = world
+        self.topics = Topics(world)
+        self.cellmap = initial
+        self.node_id = node_id
+        self.planner = planner
+        self.period_s = period_s
+        self.lease_ttl_s = lease_ttl_s
+        self.stale_after_s = stale_after_s
+        self.clock = clock
+        self.lease: Lease | None = None
+        self.zones: dict[str, ZoneView] = {}
+        self.maps_published = 0
+        self.terms = 0
+        self._beats: Subscription | None = None
+        self._stopping = False
+
+    @property
+    def leader(self) -> bool:
+        return self.lease is not None
+
+    async def start(self) -> None:
+        await self.bus.create_topics(self.topics.zone_specs(self.cellmap.zones))
+        self._beats = await self.bus.subscribe(self.topics.heartbeat, "latest")
+
+    async def close(self) -> None:
+        self._stopping = True
+        if self.lease is not None:
+            try:
+                await self.store.release_lease(self.lease)
+            except StoreError as exc:
+                log.warning("coordinator %s: could not release the lease: %s", self.node_id, exc)
+            self.lease = None
+        if self._beats is not None:
+            await self._beats.close()
+            self._beats = None
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def run(self) -> None:
+        """Lead or stand by until :meth:`stop`."""
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            started = loop.time()
+            try:
+                await self.round()
+            except StoreError as exc:
+                # An unreachable store: a leader that cannot renew must assume it lost.
+                log.error("coordinator %s: store unavailable: %s", self.node_id, exc)
+                self.lease = None
+            await asyncio.sleep(max(0.0, self.period_s - (loop.time() - started)))
+
+    # --- one round -------------------------------------------------------------------------
+
+    async def round(self) -> None:
+        """Read heartbeats, keep or take the lease, and (as leader) rebalance once."""
+        self._read_heartbeats()
+        await self._elect()
+        if self.lease is None or self.planner is None:
+            return
+        now = self.clock()
+        load, p99 = self.load_grid(now)
+        if not p99:
+            return
+        planned = self.planner.next_map(self.cellmap, load, p99, now)
+        if planned is not None:
+            new, changes = planned
+            await self.publish(new, changes)
+
+    def _read_heartbeats(self) -> None:
+        if self._beats is None:
+            return
+        for rec in self._beats.poll():
+            try:
+                hb = wire.decode(rec.value)
+            except wire.WireError:
+                continue
+            if not isinstance(hb, wire.Heartbeat):
+                continue
+            rep = hb.report
+            ids = _array(rep.get("cell_ids"), "<i4")
+            load = _array(rep.get("cell_load"), "<f4")
+            if len(ids) != len(load):
+                ids, load = ids[:0], load[:0]
+            p99 = rep.get("p99_ms", 0.0)
+            self.zones[hb.name] = ZoneView(
+                name=hb.name,
+                index=hb.zone,
+                seen_at=self.clock(),
+                tick=hb.tick,
+                epoch=hb.epoch,
+                entities=hb.entities,
+                p99_ms=float(p99) if isinstance(p99, int | float) else 0.0,
+                cell_ids=ids.astype(np.int32),
+                cell_load=load.astype(np.float32),
+                report={k: v for k, v in rep.items() if k not in ("cell_ids", "cell_load")},
+            )
+
+    async def _elect(self) -> None:
+        if self.lease is not None:
+            renewed = await self.store.renew_lease(self.lease, self.lease_ttl_s)
+            if renewed is None:
+                log.warning("coordinator %s: lost the leader lease", self.node_id)
+                await self._event({"type": "leader_lost", "token": self.lease.token})
+                self.lease = None
+            else:
+                self.lease = renewed
+            return
+        lease = await self.store.acquire_lease(LEADER_LEASE, self.node_id, self.lease_ttl_s)
+        if lease is None:
+            return
+        self.lease = lease
+        self.terms += 1
+        stored = await self.store.get_map()
+        if stored is None and not await self.store.cas_map(
+            None, self.cellmap.epoch, self.cellmap.to_bytes()
+        ):
+            stored = await self.store.get_map()  # another coordinator stored one first
+        if stored is not None:
+            self.cellmap = CellMap.from_bytes(stored[1])
+        log.info(
+            "coordinator %s leads world %s (lease token %d), map epoch %d",
+            self.node_id,
+            self.world,
+            lease.token,
+            self.cellmap.epoch,
+        )
+        await self._event({"type": "leader", "token": lease.token, "epoch": self.cellmap.epoch})
+        # Zones that missed an announcement catch up with the current map.
+        self._announce(self.cellmap)
+
+    def load_grid(self, now: float) -> tuple[npt.NDArray[np.float64], dict[str, float]]:
+        """Per-cell load (rows, cols) from the live zones' reports, and their tick p99."""
+        cm = self.cellmap
+        flat = np.zeros(cm.n_cells, np.float64)
+        p99: dict[str, float] = {}
+        for z in self.zones.values():
+            if now - z.seen_at > self.stale_after_s:
+                continue
+            ok = (z.cell_ids >= 0) & (z.cell_ids < cm.n_cells)
+            np.add.at(flat, z.cell_ids[ok], z.cell_load[ok])
+            p99[z.name] = z.p99_ms
+        return flat.reshape(cm.rows, cm.cols), p99
+
+    async def publish(self, new: CellMap, changes: list[dict[str, Any]]) -> bool:
+        """Compare-and-set ``new`` in the store, announce it, log the changes. False if
+        another coordinator changed the map first (this one then reloads it)."""
+        if self.lease is None:
+            return False
+        old = self.cellmap
+        if new.epoch <= old.epoch:
+            raise ValueError(f"map epoch {new.epoch} is not newer than {old.epoch}")
+        if not await self.store.cas_map(old.epoch, new.epoch, new.to_bytes()):
+            stored = await self.store.get_map()
+            if stored is not None:
+                self.cellmap = CellMap.from_bytes(stored[1])
+            log.warning(
+                "coordinator %s: map epoch %d was taken by someone else; now at %d",
+                self.node_id,
+                new.epoch,
+                self.cellmap.epoch,
+            )
+            return False
+        if len(new.zones) > len(old.zones):
+            await self.bus.create_topics(self.topics.zone_specs(new.zones))
+        self.cellmap = new
+        self._announce(new)
+        self.maps_published += 1
+        moved = np.flatnonzero(
+            np.asarray(old.owner).reshape(-1) != np.asarray(new.owner).reshape(-1)
+        )
+        base = {"epoch": new.epoch, "node": self.node_id, "token": self.lease.token}
+        if not changes:
+            changes = [{"type": "cell_move", "cells": moved.tolist()}]
+        for ch in changes:
+            await self._event({**base, **ch})
+        src = np.asarray(old.owner).reshape(-1)[moved]
+        dst = np.asarray(new.owner).reshape(-1)[moved]
+        for a, b in sorted({(int(x), int(y)) for x, y in zip(src, dst, strict=True)}):
+            sel = moved[(src == a) & (dst == b)]
+            log.info(
+                "cell move epoch %d: %d cells %s -> %s (%s)",
+                new.epoch,
+                len(sel),
+                new.zones[a] if a < len(new.zones) else a,
+                new.zones[b],
+                _cells_text(sel),
+            )
+        return True
+
+    def _announce(self, cm: CellMap) -> None:
+        try:
+            self.bus.send(self.topics.control, wire.encode(wire.MapUpdate(cm)))
+        except BusError as exc:
+            log.error("coordinator %s: cannot announce map %d: %s", self.node_id, cm.epoch, exc)
+
+    async def _event(self, data: dict[str, Any]) -> None:
+        try:
+            await self.store.append_event({"time": self.clock(), **data})
+        except StoreError as exc:
+            log.error("coordinator %s: audit event lost: %s (%s)", self.node_id, data, exc)
+
+    def status(self) -> dict[str, Any]:
+        """A plain summary (logs, the live map, tests)."""
+        return {
+            "node": self.node_id,
+            "leader": self.leader,
+            "token": self.lease.token if self.lease else None,
+            "epoch": self.cellmap.epoch,
+            "maps_published": self.maps_published,
+            "zones": {
+                n: {"p99_ms": z.p99_ms, "entities": z.entities, "epoch": z.epoch}
+                for n, z in sorted(self.zones.items())
+            },
+        }
+
+
+def _array(v: Any, dtype: str) -> npt.NDArray[Any]:
+    if not isinstance(v, bytes) or len(v) % np.dtype(dtype).itemsize:
+        return np.zeros(0, dtype)
+    return np.frombuffer(v, dtype=dtype)
+
+
+def _cells_text(cells: npt.NDArray[np.int64], limit: int = 8) -> str:
+    shown = ", ".join(str(int(c)) for c in cells[:limit])
+    return shown + (f", … ({len(cells)} cells)" if len(cells) > limit else "")
