@@ -123,3 +123,74 @@ async def test_a_published_map_moves_cells_between_running_zones_and_is_audited(
         await coord.close()
         await store.close()
         await cluster.close()
+
+
+class Crowd(ZoneHandler):
+    """Every NPC heads for a spot in the same corner: a crowd gathers in one zone."""
+
+    def on_start(self, world: Zone) -> None:
+        n = int(world.config.extra.get("npcs", 0))
+        world.spawn(
+            n,
+            pos=world.random_points(n, margin=1.0),
+            target=world.rng.uniform(10.0, 190.0, (n, 2)).astype(np.float32),
+            kind=2,
+            mode=2,
+            max_speed=100.0,
+            max_accel=1000.0,
+        )
+
+
+async def test_a_crowd_gathering_in_one_zone_makes_the_coordinator_move_lines_until_balanced(
+    store_url: str,
+) -> None:
+    from shardworld.coordinator.planner import RebalancingPlanner
+
+    name = f"c{uuid.uuid4().hex[:10]}"
+    cfg = ZoneConfig(
+        name="c",
+        world=(0.0, 0.0, 400.0, 400.0),
+        interest_radius=30.0,
+        capacity=1024,
+        extra={"npcs": 800},
+    )
+    world = World(Path("."), cfg, Crowd, {}, ShardingSettings(4, 25.0))
+    cluster = Cluster(world, clock=ManualClock(), world_name=name)
+    await cluster.start()
+    store = open_store(store_url, name)
+    await store.start()
+    coord = Coordinator(
+        cluster.bus, store, name, cluster.cellmap, "coord", planner=RebalancingPlanner()
+    )
+
+    def imbalance() -> float:
+        counts = np.array([len(z.entities) for z in cluster.zones], np.float64)
+        return float(counts.max() / counts.mean())
+
+    try:
+        await coord.start()
+        for _ in range(120):  # 6 s of world time: the crowd is in z0's corner
+            cluster.step()
+        crowded = imbalance()
+        assert crowded > 2.5
+        rounds = 0
+        while imbalance() > 1.5 and rounds < 30:
+            for n in cluster.nodes:
+                n.beat()
+            await coord.round()
+            for _ in range(5):
+                cluster.step()
+                await asyncio.sleep(0)
+            rounds += 1
+        assert imbalance() <= 1.5, (crowded, imbalance(), rounds)
+        assert coord.maps_published >= 1
+        assert cluster.entity_count() + cluster.in_flight() == 800
+        # Every zone simulates exactly the cells the current map gives it.
+        for _ in range(3):
+            cluster.step()
+        for i, z in enumerate(cluster.zones):
+            assert np.all(coord.cellmap.owner_of(z.entities["pos"]) == i)
+    finally:
+        await coord.close()
+        await store.close()
+        await cluster.close()
