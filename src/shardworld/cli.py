@@ -24,6 +24,8 @@ Commands:
                a gateway, and optionally bots; players connect over WebSockets
   zone PATH    run one zone of the world as its own process, on a Kafka bus
   gateway PATH run a WebSocket gateway for a world whose zones run elsewhere (Kafka bus)
+  coordinator PATH
+               watch the zones' load and move cells between them (leader or standby)
   bots         drive N simulated players against a running gateway
   token        issue a signed, expiring player token
   warmup       compile every numba kernel into the on-disk cache (done once per machine)
@@ -101,6 +103,16 @@ def _parser() -> argparse.ArgumentParser:
         help="bus between the zones: memory:// (default, in this process) or kafka://HOST:PORT",
     )
     run.add_argument(
+        "--store",
+        default="memory://",
+        help="the coordinator's store: memory:// (default) or redis://HOST:PORT/DB",
+    )
+    run.add_argument(
+        "--no-coordinator",
+        action="store_true",
+        help="keep the starting cell map (no rebalancing) in a world of several zones",
+    )
+    run.add_argument(
         "--map",
         choices=("auto", "always", "never"),
         default="auto",
@@ -125,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     zone.add_argument("path", help="world folder, e.g. zones/arena")
     zone.add_argument("--zone", required=True, help="which zone: its name (z0, z1, ...)")
     _add_world_args(zone)
+    zone.add_argument(
+        "--store",
+        help="the coordinator's store (redis://HOST:PORT/DB): start from its current cell map",
+    )
     zone.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
 
     gw = sub.add_parser(
@@ -145,6 +161,29 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--dev", action="store_true", help="accept players without a token")
     gw.add_argument("--secret", default=None, help="token secret (default: $SHARDWORLD_SECRET)")
     gw.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
+
+    co = sub.add_parser(
+        "coordinator",
+        help="move cells between zones as the load shifts (leader or standby)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Watch the zones' load reports and move split lines between zones toward\n"
+            "balance. Several coordinators may run: one leads (a lease in the store), the\n"
+            "others stand by and take over within the lease time when it dies. Every\n"
+            "change of the cell map is written to the store's event log (the audit trail).\n\n"
+            "example:\n"
+            "  shardworld coordinator zones/arena --bus kafka://127.0.0.1:9092 \\\n"
+            "      --store redis://127.0.0.1:6379/0"
+        ),
+    )
+    co.add_argument("path", help="world folder, e.g. zones/arena")
+    _add_world_args(co)
+    co.add_argument("--store", required=True, help="redis://HOST:PORT/DB")
+    co.add_argument("--node-id", help="this coordinator's name (default: host:pid)")
+    co.add_argument("--period", type=float, default=1.0, help="seconds between rounds")
+    co.add_argument("--lease-ttl", type=float, default=3.0, help="leader lease in seconds")
+    co.add_argument("--no-rebalance", action="store_true", help="lead, but never move cells")
+    co.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
 
     sub.add_parser(
         "bots", help="drive simulated players (see `shardworld bots --help`)", add_help=False
@@ -202,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         return _zone_main(args)
     if args.command == "gateway":
         return _gateway_main(args)
+    if args.command == "coordinator":
+        return _coordinator_main(args)
     _parser().print_help()
     return 2
 
@@ -511,9 +552,11 @@ async def _serve_zone(world: Any, args: argparse.Namespace) -> int:
     from shardworld.sharding.node import ZoneNode
 
     cellmap = initial_map(world, args.zones, args.cell_size)
+    name = args.world_name or world.config.name
+    if args.store:
+        cellmap = await _current_map(args.store, name, cellmap)
     if args.zone not in cellmap.zones:
         raise KeyError(f"no zone {args.zone!r}: this world has {', '.join(cellmap.zones)}")
-    name = args.world_name or world.config.name
     zone = make_zone(world, cellmap, args.zone)
     bus = open_bus(args.bus)
     await bus.start()
@@ -576,6 +619,106 @@ async def _serve_zone(world: Any, args: argparse.Namespace) -> int:
     print(json.dumps(summary, sort_keys=True, default=str), flush=True)
     if run_task.done() and not run_task.cancelled() and run_task.exception() is not None:
         return 1
+    return 0
+
+
+async def _current_map(store_url: str, world: str, fallback: Any) -> Any:
+    """The cell map the world's store holds (a coordinator may have moved cells)."""
+    from shardworld.sharding.cellmap import CellMap
+    from shardworld.store import open_store
+
+    store = open_store(store_url, world)
+    await store.start()
+    try:
+        stored = await store.get_map()
+    finally:
+        await store.close()
+    if stored is None:
+        return fallback
+    cm = CellMap.from_bytes(stored[1])
+    log.info("cell map epoch %d from %s", cm.epoch, store_url)
+    return cm
+
+
+def _coordinator_main(args: argparse.Namespace) -> int:
+    world = _load_for("coordinator", args)
+    if world is None:
+        return 2
+    if args.store.startswith("memory://"):
+        print(
+            "shardworld coordinator: a memory:// store is private to one process; "
+            "use --store redis://HOST:PORT/DB",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return int(_runner()(_serve_coordinator(world, args)))
+    except (OSError, ValueError) as exc:
+        print(f"shardworld coordinator: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve_coordinator(world: Any, args: argparse.Namespace) -> int:
+    import os
+    import socket
+
+    from shardworld.bus import open_bus
+    from shardworld.coordinator.coordinator import Coordinator
+    from shardworld.coordinator.planner import RebalancingPlanner
+    from shardworld.sharding.cluster import initial_map
+    from shardworld.store import open_store
+
+    name = args.world_name or world.config.name
+    node_id = args.node_id or f"{socket.gethostname()}:{os.getpid()}"
+    bus = open_bus(args.bus)
+    await bus.start()
+    store = open_store(args.store, name)
+    await store.start()
+    coord = Coordinator(
+        bus,
+        store,
+        name,
+        initial_map(world, args.zones, args.cell_size),
+        node_id,
+        planner=None if args.no_rebalance else RebalancingPlanner(),
+        period_s=args.period,
+        lease_ttl_s=args.lease_ttl,
+    )
+    await coord.start()
+    print(
+        f"shardworld: coordinator {node_id} of world {name!r} (bus {args.bus}, store "
+        f"{args.store}); leads when it holds the lease. Ctrl-C stops.",
+        flush=True,
+    )
+    stop = _stop_event()
+    if args.seconds > 0:
+        asyncio.get_running_loop().call_later(args.seconds, stop.set)
+    task = asyncio.create_task(coord.run())
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            st = coord.status()
+            log.info(
+                "coordinator %s: %s, map epoch %d, %d maps published, zones %s",
+                node_id,
+                "leader" if st["leader"] else "standby",
+                st["epoch"],
+                st["maps_published"],
+                {n: round(z["p99_ms"], 1) for n, z in st["zones"].items()},
+            )
+
+    rep = asyncio.create_task(report())
+    await asyncio.wait(
+        [task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+    )
+    coord.stop()
+    rep.cancel()
+    await asyncio.gather(task, rep, return_exceptions=True)
+    await coord.close()
+    await store.close()
+    await bus.close()
+    print(json.dumps({"summary": "coordinator", **coord.status()}, sort_keys=True, default=str))
     return 0
 
 
@@ -651,6 +794,21 @@ async def _serve_sharded(
 
     cluster = Cluster(world, zones=zones, bus_url=args.bus, gateway=not args.no_gateway)
     await cluster.start()
+    coord = None
+    if not args.no_coordinator:
+        from shardworld.coordinator.coordinator import Coordinator
+        from shardworld.coordinator.planner import RebalancingPlanner
+        from shardworld.store import open_store
+
+        store_url = args.store
+        if store_url == "memory://":
+            store_url = f"memory://{cluster.name}-{id(cluster):x}"
+        store = open_store(store_url, cluster.name)
+        await store.start()
+        coord = Coordinator(
+            cluster.bus, store, cluster.name, cluster.cellmap, "run", RebalancingPlanner()
+        )
+        await coord.start()
     gateway = None
     if cluster.port is not None:
         from shardworld.gateway import Gateway, GatewayConfig
@@ -700,6 +858,8 @@ async def _serve_sharded(
                 f"ghosts={sum(len(z.ghosts) for z in cluster.zones)} "
                 f"late={sum(z.stats.late_ticks for z in cluster.zones)}"
             )
+            if coord is not None:
+                line += f" map={coord.cellmap.epoch}"
             last_hand = hand
             if gateway is not None:
                 gs = gateway.stats()
@@ -721,6 +881,8 @@ async def _serve_sharded(
     side = [asyncio.create_task(report())]
     if args.seconds > 0:
         side.append(asyncio.create_task(_set_later(stop, args.seconds)))
+    if coord is not None:
+        side.append(asyncio.create_task(coord.run()))
     run_task = asyncio.create_task(cluster.run())
     await asyncio.wait(
         [run_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
@@ -740,6 +902,10 @@ async def _serve_sharded(
         "entities": cluster.entity_count(),
         "in_flight": cluster.in_flight(),
     }
+    if coord is not None:
+        out["coordinator"] = coord.status()
+        await coord.close()
+        await coord.store.close()
     await cluster.close()
     if gateway is not None:
         out["gateway"] = gateway.stats()
