@@ -194,3 +194,64 @@ async def test_a_crowd_gathering_in_one_zone_makes_the_coordinator_move_lines_un
         await coord.close()
         await store.close()
         await cluster.close()
+
+
+async def test_a_zone_that_dies_is_adopted_from_its_checkpoint_and_nothing_is_lost(
+    store_url: str,
+) -> None:
+    name = f"c{uuid.uuid4().hex[:10]}"
+    cluster = Cluster(
+        _world(npcs=300),
+        zones=2,
+        clock=ManualClock(),
+        world_name=name,
+        store_url=store_url,
+        lease_ttl_s=0.6,
+        checkpoint_every_s=0.0,  # every tick (the manual clock does not move)
+    )
+    await cluster.start()
+    coord = Coordinator(
+        cluster.bus,
+        cluster.store,
+        name,
+        cluster.cellmap,
+        "coord",
+        lease_ttl_s=0.6,  # type: ignore[arg-type]
+    )
+    try:
+        await coord.start()
+        for _ in range(10):
+            cluster.step()
+            await asyncio.sleep(0.01)  # checkpoints are saved in the background
+        await coord.round()
+        assert coord.leader and coord.status()["failovers"] == 0
+        assert all(n.stats.checkpoints > 0 for n in cluster.nodes)
+        z0, z1 = cluster.zones
+        n_dead = len(z1.entities)
+        assert n_dead > 50
+        await cluster.kill(1)
+        loop = asyncio.get_running_loop()
+        killed = loop.time()
+        while coord.failovers == 0:
+            cluster.step()  # zone 0 carries on alone
+            await coord.round()
+            await asyncio.sleep(0.05)
+            assert loop.time() - killed < 5.0, "the coordinator never noticed"
+        assert loop.time() - killed >= 0.4  # not before the lease lapsed
+        for _ in range(40):
+            cluster.step()
+            await asyncio.sleep(0.01)
+            if cluster.nodes[0].stats.adopted:
+                break
+        cluster.step()
+        # Zone 0 simulates the whole world: its own entities and the dead zone's.
+        assert cluster.nodes[0].stats.adopted == n_dead
+        assert len(z0.entities) + cluster.in_flight() == 300
+        ids = z0.entities.live_ids()
+        assert len(np.unique(ids)) == len(ids)
+        assert np.all(coord.cellmap.owner_of(z0.entities["pos"]) == 0)
+        kinds = [e.data["type"] for e in await cluster.store.events()]  # type: ignore[union-attr]
+        assert "failover" in kinds
+    finally:
+        await coord.close()
+        await cluster.close()

@@ -113,6 +113,9 @@ class Coordinator:
         self.terms = 0
         self._beats: Subscription | None = None
         self._stopping = False
+        self._alive: set[str] = set()
+        self._failed: dict[str, float] = {}  # zone -> when it was failed over
+        self.failovers = 0
 
     @property
     def leader(self) -> bool:
@@ -156,7 +159,10 @@ class Coordinator:
         """Read heartbeats, keep or take the lease, and (as leader) rebalance once."""
         self._read_heartbeats()
         await self._elect()
-        if self.lease is None or self.planner is None:
+        if self.lease is None:
+            return
+        await self._check_zones()
+        if self.planner is None:
             return
         now = self.clock()
         load, p99 = self.load_grid(now)
@@ -228,6 +234,87 @@ class Coordinator:
         await self._event({"type": "leader", "token": lease.token, "epoch": self.cellmap.epoch})
         # Zones that missed an announcement catch up with the current map.
         self._announce(self.cellmap)
+
+    async def _check_zones(self) -> None:
+        """Fail over every zone that owns cells and whose lease has lapsed."""
+        cm = self.cellmap
+        owned = np.bincount(np.asarray(cm.owner).reshape(-1), minlength=len(cm.zones))
+        for i, name in enumerate(cm.zones):
+            if owned[i] == 0:
+                continue
+            if await self.store.get_lease(f"zone:{name}") is not None:
+                self._alive.add(name)
+                self._failed.pop(name, None)
+                continue
+            # Never seen alive (not started yet) is not dead, unless it left a checkpoint.
+            if name in self._alive or await self.store.load_checkpoint(name) is not None:
+                await self.fail_over(i)
+                cm = self.cellmap
+
+    def _pick_adopter(self, dead: int) -> int | None:
+        """The zone that takes a dead zone's cells: its k-d sibling if alive (the merged
+        region stays a rectangle), else the least loaded live zone touching it."""
+        cm = self.cellmap
+        name = cm.zones[dead]
+        live = {n for n in self._alive if n != name and n not in self._failed}
+        try:
+            from shardworld.coordinator.rebalancer import Leaf, Partition
+
+            part = Partition.from_cellmap(cm)
+            path = part.path_of(name)
+            if path:
+                sib = part.node(path[:-1] + ("1" if path[-1] == "0" else "0"))
+                if isinstance(sib, Leaf) and sib.zone in live:
+                    return cm.zone_index(sib.zone)
+        except (ValueError, KeyError):
+            pass
+        touching = [cm.zones[i] for i in cm.neighbours(dead, 0.0)]
+        pool = [n for n in touching if n in live] or sorted(live)
+        if not pool:
+            return None
+        best = min(pool, key=lambda n: self.zones[n].entities if n in self.zones else 0)
+        return cm.zone_index(best)
+
+    async def fail_over(self, dead: int) -> bool:
+        """Give dead zone ``dead``'s cells to another zone, which restores its checkpoint."""
+        cm = self.cellmap
+        name = cm.zones[dead]
+        adopter = self._pick_adopter(dead)
+        if adopter is None:
+            log.error(
+                "coordinator %s: zone %s is dead and no zone can adopt it", self.node_id, name
+            )
+            return False
+        owner = np.asarray(cm.owner).copy()
+        cells = np.flatnonzero(owner.reshape(-1) == dead)
+        owner[owner == dead] = adopter
+        log.warning(
+            "coordinator %s: zone %s lost its lease; %s adopts its %d cells",
+            self.node_id,
+            name,
+            cm.zones[adopter],
+            len(cells),
+        )
+        change = {
+            "type": "failover",
+            "dead": name,
+            "adopter": cm.zones[adopter],
+            "from": name,
+            "to": cm.zones[adopter],
+            "cells": cells.tolist(),
+        }
+        if not await self.publish(cm.with_owner(owner), [change]):
+            return False
+        try:
+            self.bus.send(
+                self.topics.control, wire.encode(wire.Adopt(self.cellmap.epoch, dead, adopter))
+            )
+        except BusError as exc:
+            log.error("coordinator %s: cannot announce the adoption: %s", self.node_id, exc)
+        self._failed[name] = self.clock()
+        self._alive.discard(name)
+        self.failovers += 1
+        return True
 
     def load_grid(self, now: float) -> tuple[npt.NDArray[np.float64], dict[str, float]]:
         """Per-cell load (rows, cols) from the live zones' reports, and their tick p99."""
@@ -308,6 +395,7 @@ class Coordinator:
             "token": self.lease.token if self.lease else None,
             "epoch": self.cellmap.epoch,
             "maps_published": self.maps_published,
+            "failovers": self.failovers,
             "zones": {
                 n: {"p99_ms": z.p99_ms, "entities": z.entities, "epoch": z.epoch}
                 for n, z in sorted(self.zones.items())

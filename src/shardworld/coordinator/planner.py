@@ -37,9 +37,20 @@ class RebalancingPlanner:
         zone_p99_ms: dict[str, float],
         now: float,
     ) -> tuple[CellMap, list[dict[str, Any]]] | None:
+        if self._epoch == cellmap.epoch and self._partition is None:
+            return None
         if self._partition is None or self._epoch != cellmap.epoch:
             # A fresh start, or a map this planner did not make (a standby taking over).
-            self._partition = Partition.from_cellmap(cellmap)
+            try:
+                self._partition = Partition.from_cellmap(cellmap)
+            except ValueError as exc:
+                # After a failover to a zone that was not the dead one's sibling, regions
+                # need not form a k-d tree; line moves wait until they do again.
+                log.warning("planner: no rebalancing on map epoch %d: %s", cellmap.epoch, exc)
+                self._partition = None
+                self._epoch = cellmap.epoch
+                return None
+            self._epoch = cellmap.epoch
             n = len(cellmap.zones)
             cfg = dataclasses.replace(self.config, min_zones=n, max_zones=n)
             if self._rebalancer is None:

@@ -21,6 +21,7 @@ from shardworld.gateway.port import WorldInfo, world_info
 from shardworld.sharding.cellmap import CellMap
 from shardworld.sharding.node import ZoneNode
 from shardworld.sharding.port import BusWorld
+from shardworld.store import Store, open_store
 from shardworld.zone.clock import Clock
 from shardworld.zone.world import World
 from shardworld.zone.zone import Zone
@@ -97,6 +98,9 @@ class Cluster:
         gateway: bool = True,
         clock: Clock | None = None,
         world_name: str | None = None,
+        store_url: str | None = None,
+        lease_ttl_s: float = 3.0,
+        checkpoint_every_s: float = 2.0,
         **changes: Any,
     ) -> None:
         self.world = world
@@ -109,6 +113,10 @@ class Cluster:
             make_zone(world, self.cellmap, n, clock=clock, **changes) for n in self.cellmap.zones
         ]
         self.bus: Bus = open_bus(bus_url)
+        self.store: Store | None = open_store(store_url, self.name) if store_url else None
+        self.lease_ttl_s = lease_ttl_s
+        self.checkpoint_every_s = checkpoint_every_s
+        self.dead: set[int] = set()
         self.nodes: list[ZoneNode] = []
         self.port: BusWorld | None = None
         self._want_gateway = gateway
@@ -121,8 +129,18 @@ class Cluster:
     async def start(self) -> None:
         """Connect the bus, start every zone's node and the gateway port; wait for all."""
         await self.bus.start()
+        if self.store is not None:
+            await self.store.start()
         for z in self.zones:
-            node = ZoneNode(z, self.bus, self.cellmap, self.name)
+            node = ZoneNode(
+                z,
+                self.bus,
+                self.cellmap,
+                self.name,
+                store=self.store,
+                lease_ttl_s=self.lease_ttl_s,
+                checkpoint_every_s=self.checkpoint_every_s,
+            )
             z.warm_up()  # after the node: only the first zone runs on_start
             await node.start()
             self.nodes.append(node)
@@ -140,15 +158,28 @@ class Cluster:
 
     def step(self) -> None:
         """One tick of every zone, in order (tests and tools; the real loop is :meth:`run`)."""
-        for z in self.zones:
-            z.step()
+        for i, z in enumerate(self.zones):
+            if i not in self.dead:
+                z.step()
+
+    async def kill(self, index: int) -> None:
+        """Make zone ``index`` vanish as a SIGKILL would: no more ticks, heartbeats or lease
+        renewals, nothing released (tests of failover)."""
+        self.dead.add(index)
+        node = self.nodes[index]
+        node.zone.stop()
+        for t in node._tasks:
+            t.cancel()
+        node._closing = True
+        if self._runs:
+            self._runs[index].cancel()
 
     async def run(self) -> None:
         """Tick every zone at its rate until :meth:`stop`."""
         self._runs = [
             asyncio.create_task(z.run(), name=f"zone-{z.config.name}") for z in self.zones
         ]
-        await asyncio.gather(*self._runs)
+        await asyncio.gather(*self._runs, return_exceptions=True)
 
     def stop(self) -> None:
         for z in self.zones:
@@ -163,6 +194,8 @@ class Cluster:
         for n in self.nodes:
             await n.close()
         await self.bus.close()
+        if self.store is not None:
+            await self.store.close()
 
     # --- what tests and the live figures look at -----------------------------------------
 

@@ -31,6 +31,7 @@ from shardworld.bus import Bus, BusError, Subscription, TopicSpec
 from shardworld.entities.schema import Scope
 from shardworld.sharding import wire
 from shardworld.sharding.cellmap import CellMap
+from shardworld.store import Lease, Store, StoreError
 from shardworld.zone.sink import SnapshotBatch
 from shardworld.zone.zone import Q_LAST, SHADOW, Zone
 
@@ -97,6 +98,9 @@ class NodeStats:
     bus_errors: int = 0
     maps_applied: int = 0
     handoffs_held: int = 0
+    checkpoints: int = 0
+    checkpoint_bytes: int = 0
+    adopted: int = 0
     #: Ticks from a handoff leaving its old owner to being simulated here (last 4096).
     handoff_ticks: collections.deque[int] = field(
         default_factory=lambda: collections.deque(maxlen=4096)
@@ -133,8 +137,22 @@ class ZoneNode:
         *,
         forward_ttl_ticks: int = 100,
         ghost_timeout_ticks: int = 40,
+        store: Store | None = None,
+        lease_ttl_s: float = 3.0,
+        checkpoint_every_s: float = 2.0,
     ) -> None:
         self.zone = zone
+        self.store = store
+        self.lease_ttl_s = lease_ttl_s
+        self.checkpoint_every_s = checkpoint_every_s
+        self.lease: Lease | None = None
+        #: True once this zone lost its lease: it must not simulate or send anything more.
+        self.fenced = False
+        self._last_checkpoint = -1e18
+        self._saving: asyncio.Task[None] | None = None
+        self._adopted: list[Subscription] = []
+        self._restore: npt.NDArray[np.void] | None = None
+        self._adopting: set[int] = set()
         self.bus = bus
         self.topics = Topics(world)
         self.name = zone.config.name
@@ -241,7 +259,10 @@ class ZoneNode:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the world's topics, subscribe to ours and start the heartbeat."""
+        """Take the zone's lease (with a store), create the world's topics, subscribe to
+        ours, and start the heartbeat."""
+        if self.store is not None:
+            await self._take_lease()
         zones = self.cellmap.zones
         await self.bus.create_topics(self.topics.zone_specs(zones))
         self._zones_ready.update(range(len(zones)))
@@ -250,6 +271,8 @@ class ZoneNode:
         self._own = await self.bus.subscribe(self.topics.zone_own(self.name), "latest")
         self._rt = await self.bus.subscribe(self.topics.zone_rt(self.name), "latest")
         self._tasks.append(asyncio.create_task(self._heartbeats(), name=f"beat-{self.name}"))
+        if self.store is not None:
+            self._tasks.append(asyncio.create_task(self._keep_lease(), name=f"lease-{self.name}"))
         log.info(
             "zone %s (%d of %d) on %s, map epoch %d, %d neighbours",
             self.name,
@@ -288,9 +311,11 @@ class ZoneNode:
 
     async def close(self) -> None:
         self._closing = True
-        for sub in (self._rt, self._own, self._beats, self._control):
+        for sub in (self._rt, self._own, self._beats, self._control, *self._adopted):
             if sub is not None:
                 await sub.close()
+        if self._saving is not None:
+            await asyncio.wait([self._saving], timeout=5.0)
         tasks, self._tasks = self._tasks, []
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=2.0)
@@ -418,8 +443,15 @@ class ZoneNode:
         if self._own is not None:
             for rec in self._own.poll():
                 self._dispatch(rec.value)
+        if self._restore is not None:
+            self._import_restored(zone, self._restore)
+            self._restore = None
         if self._rt is not None:
             for rec in self._rt.poll():
+                self._dispatch(rec.value)
+        for sub in self._adopted:
+            # A dead zone's topics, now ours: its late handoffs, its players' inputs.
+            for rec in sub.poll():
                 self._dispatch(rec.value)
         self._expire(zone.tick)
 
@@ -456,6 +488,13 @@ class ZoneNode:
                 assert isinstance(msg, wire.MapUpdate)
                 if msg.cellmap.epoch > self.cellmap.epoch:
                     self.apply_map(msg.cellmap)
+            elif t is wire.Left:
+                pass  # our own note (see _hand_off); only an adopter reads them
+            elif t is wire.Adopt:
+                assert isinstance(msg, wire.Adopt)
+                if msg.adopter == self.index and msg.dead not in self._adopting:
+                    self._adopting.add(msg.dead)
+                    self._tasks.append(asyncio.ensure_future(self._adopt(msg.dead)))
             elif t is wire.Resync:
                 assert isinstance(msg, wire.Resync)
                 if not self._forwarded(msg.entity, msg):
@@ -628,6 +667,10 @@ class ZoneNode:
                 ids = self._ghost_ids.pop(src, None)
                 del self._ghost_seen[src]
                 if ids is not None and len(ids):
+                    others = [v for v in self._ghost_ids.values() if len(v)]
+                    if others:
+                        ids = ids[~np.isin(ids, np.concatenate(others))]
+                    ids = ids[~self.zone.entities.contains(ids)]
                     self.stats.ghosts_expired += len(ids)
                     self.zone.ghosts.despawn(ids)
                     log.warning(
@@ -660,6 +703,13 @@ class ZoneNode:
             for g, items in self._out_messages.items():
                 self._to_gateway(g, wire.Messages(items))
             self._out_messages = {}
+        if self.store is not None and self.lease is not None:
+            now = zone.clock.now()
+            if now - self._last_checkpoint >= self.checkpoint_every_s and (
+                self._saving is None or self._saving.done()
+            ):
+                self._last_checkpoint = now
+                self._checkpoint(zone)
 
     def _hand_off(
         self, zone: Zone, ids: npt.NDArray[np.uint64], dst: npt.NDArray[np.int16]
@@ -681,6 +731,9 @@ class ZoneNode:
                 zone.entities.import_rows(block)
                 self.stats.handoffs_held += len(sel)
                 continue
+            # A note in our own topic, after our checkpoint's offset: whoever adopts our
+            # cells if we die knows these are no longer ours.
+            self._to_zone(self.index, wire.Left(self.index, zone.tick, sel), own=True)
             self.stats.handoffs_out += len(sel)
             self.stats.handoff_messages_out += 1
             for i in sel.tolist():
@@ -751,6 +804,158 @@ class ZoneNode:
                     off=off,
                 ),
             )
+
+    # --- lease, checkpoints, adoption (with a store) ------------------------------------------
+
+    def _lease_name(self, name: str | None = None) -> str:
+        return f"zone:{name or self.name}"
+
+    async def _take_lease(self) -> None:
+        assert self.store is not None
+        import os
+        import socket
+
+        holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        waited = 0.0
+        while True:
+            lease = await self.store.acquire_lease(self._lease_name(), holder, self.lease_ttl_s)
+            if lease is not None:
+                self.lease = lease
+                log.info("zone %s holds its lease (token %d)", self.name, lease.token)
+                return
+            if waited == 0.0 or waited % 5.0 < 0.25:
+                log.info("zone %s: its lease is held elsewhere; waiting for it", self.name)
+            await asyncio.sleep(0.25)
+            waited += 0.25
+
+    async def _keep_lease(self) -> None:
+        assert self.store is not None
+        while not self._closing and self.lease is not None:
+            await asyncio.sleep(self.lease_ttl_s / 3.0)
+            if self._closing:
+                return
+            try:
+                renewed = await self.store.renew_lease(self.lease, self.lease_ttl_s)
+            except StoreError as exc:
+                log.error("zone %s: cannot renew its lease: %s", self.name, exc)
+                continue  # it may still be ours; the next try tells
+            if renewed is None:
+                log.error("zone %s lost its lease: it stops simulating (fenced)", self.name)
+                self.lease = None
+                self.fenced = True
+                self.zone.stop()
+                return
+            self.lease = renewed
+
+    def _checkpoint(self, zone: Zone) -> None:
+        """Snapshot our rows and our topics' positions now; save them in the background."""
+        assert self.store is not None and self.lease is not None
+        rows = zone.entities.export_rows(zone.entities.live_ids())
+        # Handoffs taken off the topic but not yet in (deferred a tick) belong in it too.
+        extra = [np.frombuffer(m.rows, dtype=self._row_dtype) for m in self._deferred]
+        if extra:
+            rows = np.concatenate([rows, *extra])
+        data = rows.tobytes()
+        meta = {
+            "tick": zone.tick,
+            "epoch": self.cellmap.epoch,
+            "own_offset": self._own.position() if self._own is not None else 0,
+            "rt_offset": self._rt.position() if self._rt is not None else 0,
+            "fingerprint": self._fingerprint,
+            "entities": len(rows),
+        }
+        token = self.lease.token
+        self._saving = asyncio.ensure_future(self._save(token, data, meta))
+
+    async def _save(self, token: int, data: bytes, meta: dict[str, Any]) -> None:
+        assert self.store is not None
+        try:
+            await self.store.save_checkpoint(self.name, token, data, meta)
+        except StoreError as exc:
+            log.error("zone %s: checkpoint not saved: %s", self.name, exc)
+            return
+        self.stats.checkpoints += 1
+        self.stats.checkpoint_bytes = len(data)
+
+    async def _adopt(self, dead: int) -> None:
+        """Take over dead zone ``dead``: its last checkpoint, then its ownership topic from
+        the checkpoint's offset (handoffs it received, notes of entities it sent away)."""
+        assert self.store is not None
+        name = self.cellmap.zones[dead]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ckpt = await self.store.load_checkpoint(name)
+        if ckpt is None:
+            log.error("zone %s: zone %s left no checkpoint; nothing to adopt", self.name, name)
+            return
+        _token, data, meta = ckpt
+        if meta.get("fingerprint") != self._fingerprint or len(data) % self._row_dtype.itemsize:
+            log.error("zone %s: zone %s's checkpoint has another row layout", self.name, name)
+            return
+        rows: dict[int, npt.NDArray[np.void]] = {}
+        block = np.frombuffer(data, dtype=self._row_dtype)
+        for i, r in zip(block["id"].tolist(), block, strict=True):
+            rows[i] = r
+        own = await self.bus.subscribe(self.topics.zone_own(name), int(meta.get("own_offset", 0)))
+        end = await self.bus.end_offset(self.topics.zone_own(name))
+        replayed = 0
+        while own.position() < end:
+            if not await own.wait(5.0):
+                log.warning("zone %s: replay of %s stopped short of %d", self.name, name, end)
+                break
+            for rec in own.poll():
+                replayed += 1
+                try:
+                    msg = wire.decode(rec.value)
+                except wire.WireError:
+                    continue
+                if isinstance(msg, wire.Left) and msg.source == dead:
+                    for i in msg.ids.tolist():
+                        rows.pop(i, None)
+                elif (
+                    isinstance(msg, wire.Handoff)
+                    and msg.target == dead
+                    and len(msg.rows) % self._row_dtype.itemsize == 0
+                ):
+                    got = np.frombuffer(msg.rows, dtype=self._row_dtype)
+                    for i, r in zip(got["id"].tolist(), got, strict=True):
+                        rows[i] = r
+        rt = await self.bus.subscribe(self.topics.zone_rt(name), "latest")
+        self._adopted += [own, rt]
+        restored = np.array(list(rows.values()), dtype=self._row_dtype)
+        self._restore = (
+            restored if self._restore is None else np.concatenate([self._restore, restored])
+        )
+        log.info(
+            "zone %s adopts zone %s: checkpoint of tick %s with %d entities, %d records "
+            "replayed, %d entities to restore (%.0f ms)",
+            self.name,
+            name,
+            meta.get("tick"),
+            len(block),
+            replayed,
+            len(restored),
+            (loop.time() - started) * 1000.0,
+        )
+
+    def _import_restored(self, zone: Zone, block: npt.NDArray[np.void]) -> None:
+        if len(block) == 0:
+            return
+        ids = np.ascontiguousarray(block["id"])
+        fresh = ~zone.entities.contains(ids)  # one that came here meanwhile stays as it is
+        block, ids = block[fresh], ids[fresh]
+        zone.ghosts.despawn(ids)
+        zone.entities.import_rows(block.copy())
+        self.stats.adopted += len(ids)
+        rows = zone.entities.rows_of(ids)
+        obs = zone.entities["observer"][rows] != 0
+        if np.any(obs):
+            oids = ids[obs]
+            gws = zone.entities["gateway"][rows[obs]]
+            for oid in oids.tolist():
+                zone.request_resync(oid)
+            for g in np.unique(gws).tolist():
+                self._to_gateway(int(g), wire.Route(self.index, oids[gws == g]))
 
     # --- for tests and tools ---------------------------------------------------------------
 

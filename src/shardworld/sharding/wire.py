@@ -38,6 +38,7 @@ class Kind(enum.IntEnum):
     # to a zone, ownership topic
     HANDOFF = 10
     BOUNCE = 11
+    LEFT = 12
     # to a gateway
     SNAPSHOTS = 20
     MESSAGES = 21
@@ -46,6 +47,7 @@ class Kind(enum.IntEnum):
     # world-wide
     HEARTBEAT = 30
     MAP = 31
+    ADOPT = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,29 @@ class Heartbeat:
 
 
 @dataclass(frozen=True, slots=True)
+class Left:
+    """A note a zone writes to its own ownership topic: these entities left at ``tick``.
+
+    Normal operation ignores it; a zone adopting a dead zone's cells replays the dead zone's
+    topic from its last checkpoint, and these notes say which checkpointed entities had
+    already gone elsewhere (so they are not brought back twice)."""
+
+    source: int
+    tick: int
+    ids: npt.NDArray[np.uint64]
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """The coordinator to every zone: ``adopter`` takes over dead zone ``dead``'s entities
+    from its last checkpoint (its cells are ``adopter``'s from map ``epoch`` on)."""
+
+    epoch: int
+    dead: int
+    adopter: int
+
+
+@dataclass(frozen=True, slots=True)
 class MapUpdate:
     """A new cell map (from the coordinator): apply it at the next tick boundary."""
 
@@ -161,6 +186,8 @@ Message = (
     | Route
     | Heartbeat
     | MapUpdate
+    | Left
+    | Adopt
 )
 
 
@@ -230,6 +257,14 @@ def encode(msg: Message) -> bytes:
         return _pack(
             [Kind.HEARTBEAT, msg.zone, msg.name, msg.epoch, msg.tick, msg.entities, msg.report]
         )
+    if t is Left:
+        assert isinstance(msg, Left)
+        return _pack(
+            [Kind.LEFT, msg.source, msg.tick, np.ascontiguousarray(msg.ids, "<u8").tobytes()]
+        )
+    if t is Adopt:
+        assert isinstance(msg, Adopt)
+        return _pack([Kind.ADOPT, msg.epoch, msg.dead, msg.adopter])
     if t is MapUpdate:
         assert isinstance(msg, MapUpdate)
         return _pack([Kind.MAP, msg.cellmap.to_bytes()])
@@ -384,6 +419,16 @@ def decode(data: bytes) -> Message:
             _int(items[5], "entities"),
             items[6],
         )
+    if kind is Kind.LEFT:
+        _expect(items, 4, "LEFT")
+        return Left(
+            _int(items[1], "source"),
+            _int(items[2], "tick"),
+            _array(_bytes(items[3], "ids"), "<u8", "ids"),
+        )
+    if kind is Kind.ADOPT:
+        _expect(items, 4, "ADOPT")
+        return Adopt(_int(items[1], "epoch"), _int(items[2], "dead"), _int(items[3], "adopter"))
     if kind is Kind.MAP:
         _expect(items, 2, "MAP")
         try:
