@@ -139,7 +139,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_world_args(zone)
     zone.add_argument(
         "--store",
-        help="the coordinator's store (redis://HOST:PORT/DB): start from its current cell map",
+        help="the coordinator's store (redis://HOST:PORT/DB): start from its current cell map, "
+        "hold a lease there and checkpoint to it (failover needs this)",
+    )
+    zone.add_argument(
+        "--lease-ttl", type=float, default=3.0, help="seconds a silent zone keeps its cells"
+    )
+    zone.add_argument(
+        "--checkpoint-every", type=float, default=2.0, help="seconds between checkpoints"
     )
     zone.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
 
@@ -560,7 +567,21 @@ async def _serve_zone(world: Any, args: argparse.Namespace) -> int:
     zone = make_zone(world, cellmap, args.zone)
     bus = open_bus(args.bus)
     await bus.start()
-    node = ZoneNode(zone, bus, cellmap, name)
+    store = None
+    if args.store:
+        from shardworld.store import open_store
+
+        store = open_store(args.store, name)
+        await store.start()
+    node = ZoneNode(
+        zone,
+        bus,
+        cellmap,
+        name,
+        store=store,
+        lease_ttl_s=args.lease_ttl,
+        checkpoint_every_s=args.checkpoint_every,
+    )
     zone.warm_up()
     await node.start()
     stop = _stop_event()
@@ -577,6 +598,8 @@ async def _serve_zone(world: Any, args: argparse.Namespace) -> int:
         waiting.cancel()
         await node.close()
         await bus.close()
+        if store is not None:
+            await store.close()
         return 0
     waiting.result()
     print(f"shardworld: zone {args.zone}: all zones up; ticking. Ctrl-C stops.", flush=True)
@@ -614,6 +637,10 @@ async def _serve_zone(world: Any, args: argparse.Namespace) -> int:
         t.cancel()
     await node.close()
     await bus.close()
+    if store is not None:
+        if node.lease is not None:
+            await store.release_lease(node.lease)
+        await store.close()
     summary = {"summary": "zone", "zone": args.zone, **zone.stats.report()}
     summary["node"] = node.stats.report()
     print(json.dumps(summary, sort_keys=True, default=str), flush=True)

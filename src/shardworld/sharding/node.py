@@ -176,6 +176,9 @@ class ZoneNode:
         self._logged: set[str] = set()
         self._closing = False
         self._deferred: list[wire.Handoff] = []
+        #: Per destination: (tick, ids) of recent handoffs, whose ghost copies we keep until
+        #: the new owner's ghost lists can include them.
+        self._handed: dict[int, list[tuple[int, npt.NDArray[np.uint64]]]] = {}
         self._zones_ready: set[int] = set()
         self._control: Subscription | None = None
 
@@ -641,14 +644,22 @@ class ZoneNode:
         if np.any(mine):
             block, ids = block[~mine], ids[~mine]
         prev = self._ghost_ids.get(src)
+        kept = np.zeros(0, np.uint64)
         if prev is not None and len(prev):
             gone = np.setdiff1d(prev, ids, assume_unique=True)
             if len(gone):
+                # Not gone, only not listed yet: entities we just handed to ``src`` (its list
+                # was written before it took them in), and entities handed to us that wait a
+                # tick to come in (their old owner no longer lists them).
+                protect = self._protected(src, msg.tick)
+                if len(protect):
+                    hold = np.isin(gone, protect)
+                    kept, gone = gone[hold], gone[~hold]
                 others = [v for k, v in self._ghost_ids.items() if k != src and len(v)]
                 if others:
                     gone = gone[~np.isin(gone, np.concatenate(others))]
                 zone.ghosts.despawn(gone)
-        self._ghost_ids[src] = ids
+        self._ghost_ids[src] = np.union1d(ids, kept) if len(kept) else np.sort(ids)
         self._ghost_seen[src] = zone.tick
         self.stats.ghosts_in += len(ids)
         if len(ids) == 0:
@@ -658,6 +669,17 @@ class ZoneNode:
         if lag:
             values["pos"] = block["pos"] + block["vel"] * np.float32(lag * zone.config.tick_period)
         zone.ghosts.upsert(ids, **values)
+
+    def _protected(self, src: int, tick: int) -> npt.NDArray[np.uint64]:
+        parts: list[npt.NDArray[np.uint64]] = []
+        handed = self._handed.get(src)
+        if handed:
+            handed[:] = [(t, i) for t, i in handed if tick <= t + MAX_GHOST_EXTRAPOLATION_TICKS]
+            parts += [i for _, i in handed]
+        for m in self._deferred:
+            if m.source == src and len(m.rows) % self._row_dtype.itemsize == 0:
+                parts.append(np.frombuffer(m.rows, dtype=self._row_dtype)["id"])
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
 
     def _expire(self, tick: int) -> None:
         if tick % 20:
@@ -680,6 +702,8 @@ class ZoneNode:
                         tick - seen,
                         len(ids),
                     )
+        for handed in self._handed.values():
+            handed[:] = [(t, i) for t, i in handed if t > tick - self.ghost_timeout_ticks]
         if self._forward:
             dead = [e for e, (_, exp) in self._forward.items() if exp < tick]
             for e in dead:
@@ -736,6 +760,7 @@ class ZoneNode:
             self._to_zone(self.index, wire.Left(self.index, zone.tick, sel), own=True)
             self.stats.handoffs_out += len(sel)
             self.stats.handoff_messages_out += 1
+            self._handed.setdefault(d, []).append((zone.tick, sel))
             for i in sel.tolist():
                 self._forward[i] = (d, expiry)
             # Until the new owner's ghosts arrive, our observers keep seeing it from here.
