@@ -1,9 +1,11 @@
 """End to end: N bots over real WebSockets against the embedded arena world.
 
-Two processes, as an operator would run them: `shardworld run zones/arena --dev` (zone and
-gateway in one process) and `shardworld bots` (all bots in one asyncio process, reading only
-snapshot headers so that one core can drive a thousand of them). The bots report snapshot
-age, round-trip time and disconnects; the server reports its tick times.
+As an operator would run them: `shardworld run zones/arena --dev` (zone and gateway in one
+process) and `shardworld bots` (asyncio bots reading only snapshot headers). One bot process
+saturates a core somewhere between 500 and 1000 bots, and then its own delays show up as
+snapshot age, so the bots are split between `--bot-processes` processes (by default one per
+500 bots) whose figures `shardworld bots --processes` merges. The bots report snapshot age,
+round-trip time and disconnects; the server reports its tick times.
 
 Snapshot age is measured by the client SDK (docs/client.md): ``snapshot_age_*`` is the
 conservative upper bound (arrival time on the server's clock, estimated with PING/PONG,
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import subprocess
@@ -25,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from shardworld.client.bots import BOTS_PER_PROCESS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +48,14 @@ def _last_json(text: str) -> dict[str, Any]:
     raise RuntimeError(f"no JSON summary in output: {text[-500:]!r}")
 
 
-def run(bots: int, seconds: float, npcs: int, behavior: str, zones: int) -> dict[str, Any]:
+def default_bot_processes(bots: int) -> int:
+    """One bot process up to BOTS_PER_PROCESS bots, else one per BOTS_PER_PROCESS."""
+    return max(1, math.ceil(bots / BOTS_PER_PROCESS))
+
+
+def run(
+    bots: int, seconds: float, npcs: int, behavior: str, zones: int, bot_processes: int
+) -> dict[str, Any]:
     port = _free_port()
     cli = [sys.executable, "-m", "shardworld.cli"]
     server = subprocess.Popen(
@@ -96,6 +108,8 @@ def run(bots: int, seconds: float, npcs: int, behavior: str, zones: int) -> dict
                 "--quiet",
                 "--input-hz",
                 "10",
+                "--processes",
+                str(bot_processes),
             ],
             capture_output=True,
             text=True,
@@ -138,16 +152,31 @@ def main() -> None:
         default=1,
         help="zones splitting the world (default 1; the arena's own: 4)",
     )
+    ap.add_argument(
+        "--bot-processes",
+        type=int,
+        default=None,
+        help=f"bot processes (default: 1 up to {BOTS_PER_PROCESS} bots, "
+        f"else one per {BOTS_PER_PROCESS})",
+    )
     args = ap.parse_args()
     bots = args.bots or (300 if args.quick else 1000)
     seconds = args.seconds or (20.0 if args.quick else 60.0)
+    bot_processes = (
+        default_bot_processes(bots) if args.bot_processes is None else args.bot_processes
+    )
+    if bot_processes < 1:
+        ap.error("--bot-processes must be >= 1")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    res = run(bots, seconds, args.npcs, args.behavior, args.zones)
+    res = run(bots, seconds, args.npcs, args.behavior, args.zones, bot_processes)
     b, w = res["bots_summary"], res["world"]
     out = {
         "benchmark": "e2e",
         "quick": args.quick,
         "bots": bots,
+        # What ran: `shardworld bots` uses fewer processes than asked when there are fewer bots.
+        "bot_processes": b.get("processes", bot_processes),
+        "bot_process_failures": b.get("process_failures", []),
         "zones": args.zones,
         "connected": b.get("connected"),
         "seconds": seconds,

@@ -7,13 +7,20 @@ import io
 import json
 import math
 import random
+import re
+import signal
 import socket
 import struct
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -21,11 +28,18 @@ from shardworld.client.bots import (
     Commute,
     Crowd,
     Wander,
+    _parser,
+    _run_processes,
     bots_main,
+    empty_state,
     make_behavior,
+    merge_states,
     run_bots,
     seek,
+    split_count,
+    summary_of_state,
 )
+from shardworld.client.sdk import LatencyHistogram
 from shardworld.gateway.auth import AuthError, verify_token
 from shardworld.protocol.messages import (
     CloseCode,
@@ -81,6 +95,8 @@ class MiniWorld:
     hellos: list[Hello] = field(default_factory=list)
     out_of_order: int = 0
     kicked: int = 0
+    inputs: int = 0
+    snapshots_sent: int = 0
     url: str = ""
     _server: Server | None = None
     _ticker: asyncio.Task[None] | None = None
@@ -135,6 +151,7 @@ class MiniWorld:
                 if isinstance(msg, Ping):
                     await ws.send(encode(Pong(msg.nonce, msg.client_time, time.monotonic())))
                 elif isinstance(msg, Input):
+                    self.inputs += 1
                     if msg.seq <= w.seq:
                         self.out_of_order += 1
                         await ws.send(encode(Error(ErrorCode.OUT_OF_ORDER, "old input")))
@@ -171,6 +188,7 @@ class MiniWorld:
                 w.reset = False
                 try:
                     await ws.send(encode(Snapshot(tick, w.seq, payload)))
+                    self.snapshots_sent += 1
                 except ConnectionClosed:
                     w.ws = None
 
@@ -350,8 +368,288 @@ async def test_bots_main_prints_progress_and_a_json_summary(
     ):  # fmt: skip
         assert key in summary
     assert "bots t=" in err and "connected=2/2" in err
+    assert summary["processes"] == 1 and "procs=" not in err
 
 
 def test_bots_main_usage_errors() -> None:
     assert bots_main(["--behavior", "dance"]) == 2
     assert bots_main(["--count", "-1"]) == 2
+    assert bots_main(["--processes", "0"]) == 2
+
+
+# --- several bot processes -----------------------------------------------------------------
+
+
+def hist_of(samples: np.ndarray) -> LatencyHistogram:
+    h = LatencyHistogram()
+    for v in samples:
+        h.record(float(v))
+    return h
+
+
+def nearest_rank(samples: np.ndarray, q: float) -> float:
+    """The reference: the smallest sample with at least q % of all samples at or below it."""
+    return float(np.percentile(samples, q, method="inverted_cdf"))
+
+
+def test_histogram_merge_equals_one_histogram_of_the_union() -> None:
+    rng = np.random.default_rng(11)
+    parts = [
+        rng.lognormal(math.log(2e-3), 0.5, 3000),
+        rng.lognormal(math.log(2e-2), 1.0, 500),  # a slow process: shifts the tail
+        rng.uniform(1e-4, 5e-4, 40),
+        np.array([]),
+    ]
+    union = np.concatenate(parts)
+    merged = LatencyHistogram()
+    for part in parts:
+        # Through JSON, as a child's state travels.
+        merged.merge(LatencyHistogram.from_dict(json.loads(json.dumps(hist_of(part).to_dict()))))
+    whole = hist_of(union)
+    assert merged.count == union.size and np.array_equal(merged.counts, whole.counts)
+    assert merged.min == union.min() and merged.max == union.max()
+    assert merged.total == pytest.approx(union.sum())
+    for q in (0, 1, 10, 50, 90, 99, 99.9, 100):
+        got = merged.percentile(q)
+        assert got == whole.percentile(q)
+        assert got == pytest.approx(nearest_rank(union, q), rel=0.011)
+    # Averaging the parts' percentiles would be far off: the slow process is 14 % of samples.
+    p99 = [p for h in map(hist_of, parts[:3]) if (p := h.percentile(99)) is not None]
+    assert abs(float(np.mean(p99)) - nearest_rank(union, 99)) > 0.1 * nearest_rank(union, 99)
+
+
+def test_histogram_dict_round_trip_and_validation() -> None:
+    empty = LatencyHistogram.from_dict(json.loads(json.dumps(LatencyHistogram().to_dict())))
+    assert empty.count == 0 and empty.percentile(50) is None and empty.min == math.inf
+    h = hist_of(np.array([1e-6, 3e-3, 3e-3, 250.0]))  # both clamped end buckets
+    back = LatencyHistogram.from_dict(json.loads(json.dumps(h.to_dict())))
+    assert np.array_equal(back.counts, h.counts) and (back.min, back.max) == (1e-6, 250.0)
+    assert [back.percentile(q) for q in (0, 50, 100)] == [h.percentile(q) for q in (0, 50, 100)]
+    good = h.to_dict()
+    for bad in (
+        {**good, "count": 5},
+        {**good, "buckets": [[LatencyHistogram.BUCKETS, 4]]},
+        {**good, "buckets": [[3, -1], [4, 5]]},
+        {k: v for k, v in good.items() if k != "total"},
+    ):
+        with pytest.raises(ValueError):
+            LatencyHistogram.from_dict(bad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.floats(1e-6, 90.0, allow_nan=False), max_size=40), min_size=1, max_size=5),
+    st.floats(0.0, 100.0),
+)
+def test_merged_percentiles_are_those_of_the_union(parts: list[list[float]], q: float) -> None:
+    arrays = [np.array(p, dtype=np.float64) for p in parts]
+    union = np.concatenate(arrays)
+    merged = LatencyHistogram()
+    for a in arrays:
+        merged.merge(hist_of(a))
+    got = merged.percentile(q)
+    if union.size == 0:
+        assert got is None
+        return
+    assert got == hist_of(union).percentile(q)
+    ref = nearest_rank(union, q)
+    if ref > LatencyHistogram.LOW:  # below 10 us everything shares the first bucket
+        assert got == pytest.approx(ref, rel=0.011)
+
+
+def fake_state(bots: int, samples: np.ndarray, **counts: Any) -> dict[str, Any]:
+    s = empty_state(bots)
+    s.update(counts)
+    s["snapshot_age"] = hist_of(samples).to_dict()
+    s["snapshot_age_upper"] = hist_of(samples * 2.0).to_dict()
+    s["rtt"] = hist_of(samples / 2.0).to_dict()
+    return s
+
+
+def test_merge_states_adds_counts_and_merges_percentiles() -> None:
+    rng = np.random.default_rng(5)
+    fast, slow = rng.uniform(1e-3, 2e-3, 900), rng.uniform(0.1, 0.2, 100)
+    a = fake_state(
+        6, fast, elapsed=10.0, connected=6, joined=6, snapshots=900, inputs_sent=450,
+        disconnects=1, reconnects=1, connect_failures={"ConnectionRefusedError": 2},
+        errors={"RATE_LIMITED": 3}, kicks={}, mirror_errors=1, snapshots_dropped=4, final=True,
+    )  # fmt: skip
+    b = fake_state(
+        4, slow, elapsed=10.5, connected=3, joined=4, snapshots=100, inputs_sent=50,
+        disconnects=2, reconnects=0, connect_failures={"AUTH_FAILED": 1},
+        errors={"RATE_LIMITED": 1, "OUT_OF_ORDER": 2}, kicks={"ABUSE": 1}, final=True,
+    )  # fmt: skip
+    merged = merge_states([a, json.loads(json.dumps(b))])
+    assert merged["final"] and not merge_states([a, empty_state(3)])["final"]
+    s = summary_of_state(merged, "ws://x", "crowd")
+    assert (s["bots"], s["connected"], s["joined"]) == (10, 9, 10)
+    assert (s["snapshots"], s["inputs_sent"], s["disconnects"], s["reconnects"]) == (
+        1000, 500, 3, 1,
+    )  # fmt: skip
+    assert s["connect_failures"] == {"AUTH_FAILED": 1, "ConnectionRefusedError": 2}
+    assert s["errors"] == {"OUT_OF_ORDER": 2, "RATE_LIMITED": 4} and s["kicks"] == {"ABUSE": 1}
+    assert (s["mirror_errors"], s["snapshots_dropped"]) == (1, 4)
+    assert s["duration_s"] == 10.5 and s["snapshots_per_s"] == round(1000 / 10.5, 2)
+    union = np.concatenate([fast, slow])
+    for key, scale, q in (
+        ("snapshot_age_p50_ms", 1.0, 50),
+        ("snapshot_age_p99_ms", 1.0, 99),
+        ("snapshot_age_upper_p50_ms", 2.0, 50),
+        ("snapshot_age_upper_p99_ms", 2.0, 99),
+        ("rtt_p50_ms", 0.5, 50),
+    ):
+        assert s[key] == pytest.approx(nearest_rank(union * scale, q) * 1e3, rel=0.011)
+    # The p99 lies among the slow process's samples, p50 among the fast one's.
+    assert s["snapshot_age_p99_ms"] > 100.0 and s["snapshot_age_p50_ms"] < 2.1
+    with pytest.raises(ValueError):
+        merge_states([{"elapsed": 1.0}])
+
+
+def test_split_count() -> None:
+    assert split_count(10, 3) == [4, 3, 3]
+    assert split_count(2, 2) == [1, 1]
+    assert split_count(1001, 4) == [251, 250, 250, 250]
+    for count in range(0, 40):
+        for parts in range(1, 8):
+            sizes = split_count(count, parts)
+            assert sum(sizes) == count and max(sizes) - min(sizes) <= 1
+    with pytest.raises(ValueError):
+        split_count(3, 0)
+
+
+async def test_processes_split_the_bots_and_merge_their_summaries(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with MiniWorld(secret="s3cret") as world:
+        argv = [
+            "--url", world.url, "--count", "5", "--processes", "2", "--behavior", "crowd",
+            "--duration", "2.5", "--token-secret", "s3cret", "--first-player-id", "40",
+        ]  # fmt: skip
+        rc = await asyncio.to_thread(bots_main, argv)
+        await asyncio.sleep(0.2)  # the world reads the last inputs of the closed connections
+        players = sorted(w.player for w in world.walkers.values())
+        inputs, sent = world.inputs, world.snapshots_sent
+    out, err = capsys.readouterr()
+    assert rc == 0
+    s: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    assert s["processes"] == 2 and s["process_failures"] == []
+    assert s["bots"] == 5 and s["joined"] == 5 and s["connected"] == 5
+    assert players == [40, 41, 42, 43, 44]  # distinct player id ranges: 40-42 and 43-44
+    # Every process's inputs counted once: the world received what the bots sent, give or
+    # take one input per bot sent while the summary was being taken.
+    assert s["inputs_sent"] > 0 and 0 <= inputs - s["inputs_sent"] <= 5
+    assert 0.8 * sent <= s["snapshots"] <= sent
+    assert s["errors"] == {} and s["connect_failures"] == {} and s["disconnects"] == 0
+    assert 0 <= s["snapshot_age_p50_ms"] <= s["snapshot_age_p99_ms"] < 500
+    assert s["rtt_p50_ms"] is not None
+    assert s["duration_s"] == pytest.approx(2.5, abs=0.5)
+    assert re.search(
+        r"bots: 2 processes: pid \d+ \(players 40-42\), pid \d+ \(players 43-44\)", err
+    )
+    assert "procs=2/2 connected=5/5" in err
+
+
+# A stand-in for a bot process that starts in milliseconds: it reports like one, then
+# finishes, dies, or finishes without a bot having joined, by its first player id.
+FAKE_CHILD = """
+import json, os, signal, sys
+opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
+first, bots = int(opts["first-player-id"]), int(opts["count"])
+s = json.loads(STATES)[str(first)]
+s.update(bots=bots, connected=bots, joined=bots)
+print("not a state line", flush=True)
+print(json.dumps(s), flush=True)
+if first == 4:
+    os.kill(os.getpid(), signal.SIGKILL)
+s["final"] = True
+if first == 7:
+    s.update(connected=0, joined=0)
+print(json.dumps(s), flush=True)
+sys.exit(1 if first == 7 else 0)
+"""
+
+
+def test_a_child_that_dies_is_reported_and_counted() -> None:
+    states = {
+        str(first): fake_state(
+            0,
+            np.full(10, first * 1e-3),
+            elapsed=1.0,
+            snapshots=10 * first,
+            inputs_sent=first,
+            errors={"RATE_LIMITED": 1},
+        )
+        for first in (1, 4, 7)
+    }
+    script = FAKE_CHILD.replace("STATES", repr(json.dumps(states)))
+    args = _parser().parse_args(["--count", "9", "--duration", "5", "--quiet"])
+    err = io.StringIO()
+    summary, status = _run_processes(args, 3, "", command=[sys.executable, "-c", script], err=err)
+    # Process 0 finished, 1 was killed after one report, 2 finished without a bot joining
+    # (its status 1 is a result, not a failure).
+    assert status == 1
+    assert summary["process_failures"] == [{"process": 1, "exit_code": -9, "bots": 3}]
+    assert "process 1 (pid" in err.getvalue() and "status -9 without a summary" in err.getvalue()
+    assert summary["processes"] == 3 and summary["bots"] == 9
+    assert summary["snapshots"] == 10 + 40 + 70 and summary["inputs_sent"] == 1 + 4 + 7
+    assert summary["connected"] == 3 and summary["joined"] == 6  # the dead one holds nothing
+    assert summary["errors"] == {"RATE_LIMITED": 3}
+    assert summary["snapshot_age_p50_ms"] == pytest.approx(4.0, rel=0.011)
+    assert summary["snapshot_age_p99_ms"] == pytest.approx(7.0)
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def start_parent(url: str, first: int) -> tuple[asyncio.subprocess.Process, list[int]]:
+    """`shardworld bots` with 4 bots in 2 processes, until all 4 are connected."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shardworld.cli", "bots", "--url", url, "--count", "4",
+        "--processes", "2", "--duration", "0", "--behavior", "commute",
+        "--token-secret", "s3cret", "--first-player-id", str(first),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    pids: list[int] = []
+    async with asyncio.timeout(30):
+        while True:
+            line = (await proc.stderr.readline()).decode()
+            assert line, "the bots ended early"
+            if line.startswith("bots: 2 processes"):
+                pids = [int(p) for p in re.findall(r"pid (\d+)", line)]
+            if "connected=4/4" in line:
+                break
+    assert len(pids) == 2 and all(alive(p) for p in pids)
+    return proc, pids
+
+
+async def test_ctrl_c_stops_the_children_and_so_does_the_parent_dying() -> None:
+    async with MiniWorld(secret="s3cret") as world:
+
+        def connected(min_player: int) -> int:
+            return sum(w.ws is not None for w in world.walkers.values() if w.player >= min_player)
+
+        # Two runs side by side (it saves a start-up): players 1-4 and 101-104.
+        (stopped, stopped_pids), (killed, killed_pids) = await asyncio.gather(
+            start_parent(world.url, 1), start_parent(world.url, 101)
+        )
+        assert connected(1) == 8 and connected(101) == 4  # all bots of both runs, the second
+        # Only the parent gets the signal: its children are in their own process group.
+        stopped.send_signal(signal.SIGINT)
+        # No chance to forward anything: these children stop at the end of their stdin.
+        killed.kill()
+        out, err = await asyncio.wait_for(stopped.communicate(), 30)
+        assert stopped.returncode == 0, err.decode()[-2000:]
+        s = json.loads(out.decode().strip().splitlines()[-1])
+        assert s["processes"] == 2 and s["process_failures"] == [] and s["joined"] == 4
+        assert s["connected"] == 4  # open until the stop, then closed by the bots themselves
+        assert not any(alive(p) for p in stopped_pids)
+        await killed.wait()
+        async with asyncio.timeout(20):
+            while connected(1) or any(alive(p) for p in killed_pids):
+                await asyncio.sleep(0.1)

@@ -28,10 +28,12 @@ import math
 import os
 import random
 import signal
+import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TextIO
 
@@ -47,14 +49,19 @@ from shardworld.gateway.auth import SECRET_ENV, issue_token
 
 __all__ = [
     "BEHAVIORS",
+    "BOTS_PER_PROCESS",
     "Behavior",
     "Commute",
     "Crowd",
     "Wander",
     "bots_main",
+    "empty_state",
     "make_behavior",
+    "merge_states",
     "run_bots",
     "seek",
+    "split_count",
+    "summary_of_state",
 ]
 
 BEHAVIORS: Final = ("wander", "crowd", "commute")
@@ -301,21 +308,30 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def _progress_line(
-    crowd: _Crowd, count: int, elapsed: float, snaps: int, dt: float, age: LatencyHistogram
+    *,
+    elapsed: float,
+    connected: int,
+    count: int,
+    joined: int,
+    snaps_per_s: float,
+    age: LatencyHistogram,
+    rtt: LatencyHistogram,
+    errors: Mapping[str, int],
+    disconnects: int,
+    connect_failures: int,
+    procs: str = "",
 ) -> str:
-    m = crowd.metrics
-    p50, p99, rtt = age.percentile(50), age.percentile(99), m.rtt.percentile(50)
+    p50, p99, rtt50 = age.percentile(50), age.percentile(99), rtt.percentile(50)
 
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v * 1e3:.1f}ms"
 
-    errors = ",".join(f"{k}={v}" for k, v in m.errors_by_name().items()) or "none"
-    failures = sum(crowd.connect_failures.values())
+    errs = ",".join(f"{k}={v}" for k, v in sorted(errors.items())) or "none"
     return (
-        f"bots t={elapsed:6.1f}s connected={crowd.connected}/{count} "
-        f"joined={len(crowd.joined)} snaps/s={snaps / dt if dt > 0 else 0.0:.0f} "
-        f"age p50={ms(p50)} p99={ms(p99)} rtt p50={ms(rtt)} errors={errors} "
-        f"disconnects={crowd.disconnects} connect_failures={failures}"
+        f"bots t={elapsed:6.1f}s {procs}connected={connected}/{count} "
+        f"joined={joined} snaps/s={snaps_per_s:.0f} "
+        f"age p50={ms(p50)} p99={ms(p99)} rtt p50={ms(rtt50)} errors={errs} "
+        f"disconnects={disconnects} connect_failures={connect_failures}"
     )
 
 
@@ -325,12 +341,41 @@ async def _report(crowd: _Crowd, count: int, stop: asyncio.Event, out: TextIO) -
     last_snaps, last_age = m.snapshots, m.snapshot_age.copy()
     while not await _sleep_or_stop(stop, 1.0):
         now = time.monotonic()
-        window = m.snapshot_age.since(last_age)
+        dt = now - last_t
         line = _progress_line(
-            crowd, count, now - start, m.snapshots - last_snaps, now - last_t, window
+            elapsed=now - start,
+            connected=crowd.connected,
+            count=count,
+            joined=len(crowd.joined),
+            snaps_per_s=(m.snapshots - last_snaps) / dt if dt > 0 else 0.0,
+            age=m.snapshot_age.since(last_age),
+            rtt=m.rtt,
+            errors=m.errors_by_name(),
+            disconnects=crowd.disconnects,
+            connect_failures=sum(crowd.connect_failures.values()),
         )
         print(line, file=out, flush=True)
         last_t, last_snaps, last_age = now, m.snapshots, m.snapshot_age.copy()
+
+
+def _write_state(out: TextIO, state: Mapping[str, Any]) -> bool:
+    """False when nobody reads ``out`` any more (a parent that is gone)."""
+    try:
+        print(json.dumps(state, separators=(",", ":")), file=out, flush=True)
+    except BrokenPipeError:
+        return False
+    return True
+
+
+async def _report_states(
+    crowd: _Crowd, count: int, started: float, stop: asyncio.Event, out: TextIO
+) -> None:
+    # The first line goes out at once: it tells a parent that this process is running and
+    # handles signals (it forwards Ctrl-C only then).
+    while _write_state(out, _state(crowd, count, time.monotonic() - started)):
+        if await _sleep_or_stop(stop, 1.0):
+            return
+    stop.set()  # whoever reads the states has gone: the run has no one to report to
 
 
 async def run_bots(
@@ -351,6 +396,7 @@ async def run_bots(
     progress: TextIO | None = None,
     stop: asyncio.Event | None = None,
     token_factory: Callable[[int], str] | None = None,
+    report: TextIO | None = None,
 ) -> dict[str, Any]:
     """Run ``count`` bots against the gateway at ``url``; returns the summary.
 
@@ -360,7 +406,10 @@ async def run_bots(
     A bot whose connection drops resumes its entity after a back-off unless ``reconnect`` is
     False. ``mirror=False`` makes bots read only snapshot headers (their own position), which
     costs a fraction of the CPU of a full mirror. ``progress``: where the per-second line goes
-    (``None``: nowhere).
+    (``None``: nowhere). ``report``: where a JSON line with the whole mergeable state
+    (counts and histograms, see :func:`merge_states`) goes at the start, every second, and
+    once more at the end with ``"final": true`` (``None``: nowhere); a parent process reads
+    these from its children.
 
     The summary (docs/client.md explains each figure): ``bots``, ``connected`` (open when
     the run ended), ``joined`` (bots that joined at least once), ``disconnects``,
@@ -415,9 +464,11 @@ async def run_bots(
         )
         for i in range(count)
     ]
-    reporter = (
-        asyncio.create_task(_report(crowd, count, stop, progress)) if progress is not None else None
-    )
+    reporters = []
+    if progress is not None:
+        reporters.append(asyncio.create_task(_report(crowd, count, stop, progress)))
+    if report is not None:
+        reporters.append(asyncio.create_task(_report_states(crowd, count, started, stop, report)))
     try:
         if duration > 0:
             await _sleep_or_stop(stop, duration)
@@ -426,7 +477,8 @@ async def run_bots(
     finally:
         stop.set()
         ended = time.monotonic()
-        summary = _summary(crowd, count, ended - started, behavior, url)
+        state = _state(crowd, count, ended - started, final=True)
+        summary = summary_of_state(state, url, behavior)
         await asyncio.gather(
             *(p.close() for p in list(crowd.live.values())), return_exceptions=True
         )
@@ -434,35 +486,119 @@ async def run_bots(
         for t in pending:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if reporter is not None:
-            reporter.cancel()
-            await asyncio.gather(reporter, return_exceptions=True)
+        for r in reporters:
+            r.cancel()
+        await asyncio.gather(*reporters, return_exceptions=True)
+        if report is not None:
+            _write_state(report, state)
     return summary
 
 
-def _summary(crowd: _Crowd, count: int, elapsed: float, behavior: str, url: str) -> dict[str, Any]:
+# --- states: what a bot process reports, and how several add up ---------------------------
+
+_HISTOGRAMS: Final = ("snapshot_age", "snapshot_age_upper", "rtt")
+_COUNTS: Final = (
+    "bots",
+    "connected",
+    "joined",
+    "disconnects",
+    "reconnects",
+    "snapshots",
+    "mirror_errors",
+    "snapshots_dropped",
+    "inputs_sent",
+)
+_BY_NAME: Final = ("connect_failures", "errors", "kicks")
+
+
+def _state(crowd: _Crowd, count: int, elapsed: float, *, final: bool = False) -> dict[str, Any]:
+    """Everything a summary is made of, in a form that adds up across processes: counts,
+    counts by name, histograms (:meth:`LatencyHistogram.to_dict`) and the elapsed time."""
     m = crowd.metrics
     return {
-        "url": url,
-        "behavior": behavior,
+        "type": "state",
+        "final": final,
+        "elapsed": elapsed,
         "bots": count,
         "connected": crowd.connected,
         "joined": len(crowd.joined),
         "disconnects": crowd.disconnects,
         "reconnects": crowd.reconnects,
-        "connect_failures": dict(sorted(crowd.connect_failures.items())),
         "snapshots": m.snapshots,
-        "snapshots_per_s": round(m.snapshots / elapsed, 2) if elapsed > 0 else 0.0,
-        "snapshot_age_p50_ms": _ms(m.snapshot_age.percentile(50)),
-        "snapshot_age_p99_ms": _ms(m.snapshot_age.percentile(99)),
-        "snapshot_age_upper_p50_ms": _ms(m.snapshot_age_upper.percentile(50)),
-        "snapshot_age_upper_p99_ms": _ms(m.snapshot_age_upper.percentile(99)),
-        "rtt_p50_ms": _ms(m.rtt.percentile(50)),
-        "errors": m.errors_by_name(),
-        "kicks": {error_name(c): n for c, n in sorted(m.kicks.items())},
         "mirror_errors": m.mirror_errors,
         "snapshots_dropped": m.snapshots_dropped,
         "inputs_sent": m.inputs_sent,
+        "connect_failures": dict(crowd.connect_failures),
+        "errors": m.errors_by_name(),
+        "kicks": {error_name(c): n for c, n in m.kicks.items()},
+        "snapshot_age": m.snapshot_age.to_dict(),
+        "snapshot_age_upper": m.snapshot_age_upper.to_dict(),
+        "rtt": m.rtt.to_dict(),
+    }
+
+
+def empty_state(bots: int = 0) -> dict[str, Any]:
+    """The state of ``bots`` bots that never ran (a process that died before reporting)."""
+    return _state(_Crowd(Metrics()), bots, 0.0)
+
+
+def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One state for the bots of all ``states`` (of several processes run side by side).
+
+    Counts and counts by name add up; histograms merge bucket by bucket, so percentiles of
+    the result are those of every sample of every process together (never an average of
+    percentiles); ``elapsed`` is the longest, ``final`` whether all were final. ``ValueError``
+    on a malformed state.
+    """
+    out = empty_state()
+    out["final"] = bool(states) and all(bool(s.get("final")) for s in states)
+    hists = {h: LatencyHistogram() for h in _HISTOGRAMS}
+    try:
+        for s in states:
+            out["elapsed"] = max(float(out["elapsed"]), float(s["elapsed"]))
+            for key in _COUNTS:
+                out[key] += int(s[key])
+            for key in _BY_NAME:
+                merged: Counter[str] = Counter(out[key])
+                merged.update({str(k): int(v) for k, v in dict(s[key]).items()})
+                out[key] = dict(merged)
+            for h in _HISTOGRAMS:
+                hists[h].merge(LatencyHistogram.from_dict(s[h]))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a bots state: {exc}") from exc
+    for h in _HISTOGRAMS:
+        out[h] = hists[h].to_dict()
+    return out
+
+
+def summary_of_state(state: Mapping[str, Any], url: str, behavior: str) -> dict[str, Any]:
+    """The JSON summary of :func:`run_bots` for a (merged) state."""
+    age = LatencyHistogram.from_dict(state["snapshot_age"])
+    upper = LatencyHistogram.from_dict(state["snapshot_age_upper"])
+    rtt = LatencyHistogram.from_dict(state["rtt"])
+    elapsed = float(state["elapsed"])
+    snapshots = int(state["snapshots"])
+    return {
+        "url": url,
+        "behavior": behavior,
+        "bots": state["bots"],
+        "connected": state["connected"],
+        "joined": state["joined"],
+        "disconnects": state["disconnects"],
+        "reconnects": state["reconnects"],
+        "connect_failures": dict(sorted(state["connect_failures"].items())),
+        "snapshots": snapshots,
+        "snapshots_per_s": round(snapshots / elapsed, 2) if elapsed > 0 else 0.0,
+        "snapshot_age_p50_ms": _ms(age.percentile(50)),
+        "snapshot_age_p99_ms": _ms(age.percentile(99)),
+        "snapshot_age_upper_p50_ms": _ms(upper.percentile(50)),
+        "snapshot_age_upper_p99_ms": _ms(upper.percentile(99)),
+        "rtt_p50_ms": _ms(rtt.percentile(50)),
+        "errors": dict(sorted(state["errors"].items())),
+        "kicks": dict(sorted(state["kicks"].items())),
+        "mirror_errors": state["mirror_errors"],
+        "snapshots_dropped": state["snapshots_dropped"],
+        "inputs_sent": state["inputs_sent"],
         "duration_s": round(elapsed, 3),
     }
 
@@ -470,7 +606,7 @@ def _summary(crowd: _Crowd, count: int, elapsed: float, behavior: str, url: str)
 # --- the command ------------------------------------------------------------------------
 
 _HELP = f"""\
-Drive many players against a gateway from this process and measure what they get.
+Drive many players against a gateway and measure what they get.
 
 Each bot joins over its own WebSocket, reads its snapshots and steers its entity. A line of
 live figures goes to stderr every second; the last line on stdout is a JSON summary.
@@ -483,8 +619,13 @@ behaviours:
 Tokens are signed with --token-secret (or ${SECRET_ENV}) for player ids
 --first-player-id, +1, ...; without a secret the bots send empty tokens (dev-mode gateway).
 
+One process drives roughly 500-1000 bots that read only snapshot headers (--no-mirror),
+fewer with full mirrors; --processes P splits the bots between P processes (one core each)
+and merges their figures into one line and one summary.
+
 example:
   shardworld bots --url ws://127.0.0.1:7700 --count 200 --behavior crowd --ramp 50
+  shardworld bots --count 2000 --processes 4 --no-mirror --ramp 400
 """
 
 
@@ -530,22 +671,59 @@ def _parser() -> argparse.ArgumentParser:
         help="read only snapshot headers (own position): much less CPU per bot, no checks of "
         "the rest of the payload",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="P",
+        help="split the bots between P processes (default 1: all in this one)",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-second lines on stderr")
+    # A child of --processes: JSON states on stdout (run_bots(report=...)), and stop when
+    # stdin reaches its end (the parent closed it, or died).
+    p.add_argument("--report", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
+def _stop_at_eof_of_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    def watch() -> None:
+        # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader can
+        # abort the interpreter's shutdown.
+        with contextlib.suppress(OSError):
+            while os.read(0, 4096):
+                pass
+        with contextlib.suppress(RuntimeError):  # the loop has already finished
+            loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=watch, name="bots-stdin", daemon=True).start()
+
+
 def bots_main(argv: Sequence[str] | None = None) -> int:
-    """``shardworld bots``: returns the exit status (0; 1 if no bot could join; 2 on a usage
-    error)."""
+    """``shardworld bots``: returns the exit status (0; 1 if no bot could join, or with
+    ``--processes``, if a bot process failed; 2 on a usage error)."""
     parser = _parser()
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
-    if args.count < 0 or args.duration < 0 or args.ramp < 0 or not args.input_hz > 0:
-        print("shardworld bots: counts, rates and durations must be positive", file=sys.stderr)
+    if (
+        args.count < 0
+        or args.duration < 0
+        or args.ramp < 0
+        or not args.input_hz > 0
+        or args.processes < 1
+    ):
+        print(
+            "shardworld bots: counts, rates and durations must be positive, --processes >= 1",
+            file=sys.stderr,
+        )
         return 2
     secret = args.token_secret if args.token_secret is not None else os.environ.get(SECRET_ENV)
+    processes = 1 if args.report else max(1, min(args.processes, args.count))
+    if processes > 1:
+        summary, status = _run_processes(args, processes, secret or "")
+        print(json.dumps(summary, sort_keys=True), flush=True)
+        return status
 
     async def main() -> dict[str, Any]:
         stop = asyncio.Event()
@@ -554,6 +732,8 @@ def bots_main(argv: Sequence[str] | None = None) -> int:
             # Not available on Windows, nor outside the main thread (uvloop: ValueError).
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
+        if args.report:
+            _stop_at_eof_of_stdin(loop, stop)
         return await run_bots(
             args.url,
             args.count,
@@ -566,8 +746,9 @@ def bots_main(argv: Sequence[str] | None = None) -> int:
             first_player_id=args.first_player_id,
             reconnect=not args.no_reconnect,
             mirror=not args.no_mirror,
-            progress=None if args.quiet else sys.stderr,
+            progress=None if args.quiet or args.report else sys.stderr,
             stop=stop,
+            report=sys.stdout if args.report else None,
         )
 
     try:
@@ -576,5 +757,308 @@ def bots_main(argv: Sequence[str] | None = None) -> int:
         summary = uvloop.run(main())
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
         summary = asyncio.run(main())
-    print(json.dumps(summary, sort_keys=True), flush=True)
+    if args.report:  # a child's last line is its final state, which the parent reads
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # A forwarded stop that arrives now, after the loop's handlers are gone, must not
+            # turn a finished run into a KeyboardInterrupt.
+            with contextlib.suppress(ValueError):
+                signal.signal(sig, signal.SIG_IGN)
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The parent is gone: let the flush at exit write what is left to nowhere
+            # instead of failing a second time.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    else:
+        summary["processes"] = 1
+        print(json.dumps(summary, sort_keys=True), flush=True)
     return 0 if summary["joined"] or not args.count else 1
+
+
+# --- several processes --------------------------------------------------------------------
+
+#: Bots per process that ``bench_e2e`` plans for: header-only bots (``--no-mirror``) at 20
+#: snapshots/s keep about half of one core busy at this count (docs/client.md).
+BOTS_PER_PROCESS: Final = 500
+#: Seconds past ``--duration`` after which the parent stops children that are still running.
+_OVERTIME: Final = 30.0
+#: Seconds a child has between being asked to stop and being killed.
+_KILL_AFTER: Final = 20.0
+_POLL: Final = 0.05
+
+
+def split_count(count: int, parts: int) -> list[int]:
+    """``count`` split into ``parts`` sizes that differ by at most one, the larger first."""
+    if parts < 1 or count < 0:
+        raise ValueError("need parts >= 1 and count >= 0")
+    base, extra = divmod(count, parts)
+    return [base + 1 if i < extra else base for i in range(parts)]
+
+
+@dataclass
+class _Child:
+    """One bot process of a ``--processes`` run, and what it has reported."""
+
+    index: int
+    bots: int
+    first_player_id: int
+    proc: subprocess.Popen[str]
+    latest: dict[str, Any] | None = None
+    final: dict[str, Any] | None = None
+    reader: threading.Thread | None = None
+    ended: bool = False
+    seen: dict[str, Any] | None = None
+    rate: float = 0.0
+    signalled: set[int] = field(default_factory=set)
+
+    def read(self) -> None:
+        """The reader thread: keep the newest state line of the child's stdout."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and obj.get("type") == "state":
+                self.latest = obj
+                if obj.get("final"):
+                    self.final = obj
+
+    @property
+    def players(self) -> str:
+        return f"players {self.first_player_id}-{self.first_player_id + self.bots - 1}"
+
+    @property
+    def failed(self) -> bool:
+        """Ended without its final state, or with a status other than 0, 1 (no bot joined,
+        which its state shows) and the signal this process forwarded to it (which can land
+        just after the child finished on its own, when it no longer handles it)."""
+        rc = self.proc.returncode
+        if rc is None:
+            return False
+        return self.final is None or not (rc in (0, 1) or -rc in self.signalled)
+
+    def state(self) -> Mapping[str, Any]:
+        """What to count for this child now: its final or latest state; no connections once
+        it is gone without a final one."""
+        s = self.final or self.latest or empty_state(self.bots)
+        if self.final is None and self.proc.returncode is not None:
+            return {**s, "connected": 0}
+        return s
+
+
+class _Fleet:
+    """The children of one run, and how they are stopped: closing their stdin (which they
+    watch) and forwarding the signal, or killing them on a second signal or overtime."""
+
+    def __init__(self) -> None:
+        self.children: list[_Child] = []
+        self.stops = 0
+        self.kill_at = math.inf
+
+    def stop(self, signum: int) -> None:
+        self.stops += 1
+        for c in self.children:
+            if c.proc.poll() is not None:
+                continue
+            if self.stops > 1:
+                c.proc.kill()
+                continue
+            # A child that has not reported yet may not handle signals yet (it is still
+            # importing); it stops at the end of its stdin instead. The signal goes first:
+            # a child that stopped at the end of its stdin could be past its handlers.
+            if c.latest is not None:
+                with contextlib.suppress(OSError):
+                    c.proc.send_signal(signum)
+                    c.signalled.add(signum)
+            if c.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    c.proc.stdin.close()
+        self.kill_at = min(self.kill_at, time.monotonic() + _KILL_AFTER)
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        self.stop(signum)
+
+    def kill_all(self) -> None:
+        for c in self.children:
+            if c.proc.poll() is None:
+                c.proc.kill()
+
+
+def _child_argv(args: argparse.Namespace, index: int, bots: int, first: int) -> list[str]:
+    ramp = args.ramp * bots / args.count if args.count else 0.0
+    argv = [
+        f"--url={args.url}",
+        f"--count={bots}",
+        f"--behavior={args.behavior}",
+        f"--duration={float(args.duration)!r}",
+        f"--ramp={ramp!r}",
+        f"--input-hz={float(args.input_hz)!r}",
+        f"--first-player-id={first}",
+        f"--seed={args.seed + index}",
+        "--quiet",
+        "--report",
+    ]
+    if args.no_reconnect:
+        argv.append("--no-reconnect")
+    if args.no_mirror:
+        argv.append("--no-mirror")
+    return argv
+
+
+def _fleet_progress(
+    fleet: _Fleet, count: int, elapsed: float, last_age: LatencyHistogram
+) -> tuple[str, LatencyHistogram]:
+    """The combined per-second line, and the merged age histogram for the next line's
+    window (ages over the last second). Each child's snapshot rate is measured on its own
+    clock, so a report landing just before or after this line does not make it jump."""
+    alive = 0
+    for c in fleet.children:
+        s = c.latest
+        if c.proc.returncode is not None:
+            c.rate = 0.0
+        else:
+            alive += 1
+            if s is not None and c.seen is not None and s is not c.seen:
+                dt = float(s["elapsed"]) - float(c.seen["elapsed"])
+                if dt > 0:
+                    c.rate = (int(s["snapshots"]) - int(c.seen["snapshots"])) / dt
+        if s is not None:
+            c.seen = s
+    # A child that has finished holds no connections any more, whatever its final state says.
+    merged = merge_states(
+        [
+            c.state() if c.proc.returncode is None else {**c.state(), "connected": 0}
+            for c in fleet.children
+        ]
+    )
+    age = LatencyHistogram.from_dict(merged["snapshot_age"])
+    line = _progress_line(
+        elapsed=elapsed,
+        connected=int(merged["connected"]),
+        count=count,
+        joined=int(merged["joined"]),
+        snaps_per_s=sum(c.rate for c in fleet.children),
+        age=age.since(last_age),
+        rtt=LatencyHistogram.from_dict(merged["rtt"]),
+        errors=merged["errors"],
+        disconnects=int(merged["disconnects"]),
+        connect_failures=sum(merged["connect_failures"].values()),
+        procs=f"procs={alive}/{len(fleet.children)} ",
+    )
+    return line, age
+
+
+def _run_processes(
+    args: argparse.Namespace,
+    processes: int,
+    secret: str,
+    *,
+    command: Sequence[str] | None = None,
+    err: TextIO | None = None,
+) -> tuple[dict[str, Any], int]:
+    """Run ``args.count`` bots in ``processes`` child processes; returns the merged summary
+    (with ``processes`` and ``process_failures``) and the exit status.
+
+    ``command``: how to start one child, its options appended (default: this Python's
+    ``-m shardworld.cli bots``). ``err``: where progress and failures go (stderr).
+    """
+    out = err if err is not None else sys.stderr
+    cmd = list(command) if command else [sys.executable, "-m", "shardworld.cli", "bots"]
+    env = dict(os.environ)
+    # The secret travels in the environment, not on command lines that `ps` shows.
+    if secret:
+        env[SECRET_ENV] = secret
+    else:
+        env.pop(SECRET_ENV, None)
+    popen_extra: dict[str, Any] = {}
+    if os.name == "posix":
+        # Their own process group: a Ctrl-C in the terminal reaches only this process, which
+        # forwards it once a child can handle it (not while it is still importing).
+        popen_extra["process_group"] = 0
+    fleet = _Fleet()
+    handlers: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: no signals to forward
+            handlers[sig] = signal.signal(sig, fleet.on_signal)
+    started = time.monotonic()
+    not_started = 0
+    try:
+        first = args.first_player_id
+        for i, n in enumerate(split_count(args.count, processes)):
+            if fleet.stops:
+                not_started += n
+                continue
+            proc = subprocess.Popen(
+                [*cmd, *_child_argv(args, i, n, first)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+                **popen_extra,
+            )
+            child = _Child(i, n, first, proc)
+            child.reader = threading.Thread(target=child.read, name=f"bots-{i}", daemon=True)
+            child.reader.start()
+            fleet.children.append(child)
+            first += n
+        if not args.quiet:
+            pids = ", ".join(f"pid {c.proc.pid} ({c.players})" for c in fleet.children)
+            print(f"bots: {len(fleet.children)} processes: {pids}", file=out, flush=True)
+        overtime_at = started + args.duration + _OVERTIME if args.duration > 0 else math.inf
+        next_line = started + 1.0
+        last_age = LatencyHistogram()
+        while True:
+            for c in fleet.children:
+                if c.ended or c.proc.poll() is None:
+                    continue
+                c.ended = True
+                if c.reader is not None:
+                    c.reader.join(5.0)  # its last lines, the final state among them
+                if c.failed:
+                    how = "without a summary" if c.final is None else "after its summary"
+                    print(
+                        f"shardworld bots: process {c.index} (pid {c.proc.pid}, {c.players}) "
+                        f"exited with status {c.proc.returncode} {how}",
+                        file=out,
+                        flush=True,
+                    )
+            if all(c.ended for c in fleet.children):
+                break
+            now = time.monotonic()
+            if now >= overtime_at:
+                overtime_at = math.inf
+                fleet.stop(signal.SIGTERM)
+            if now >= fleet.kill_at:
+                fleet.kill_all()
+            if now >= next_line:
+                next_line = max(next_line + 1.0, now + 0.5)
+                if not args.quiet:
+                    line, last_age = _fleet_progress(fleet, args.count, now - started, last_age)
+                    print(line, file=out, flush=True)
+            time.sleep(_POLL)
+    finally:
+        for signum, old in handlers.items():
+            signal.signal(signum, old)
+        fleet.kill_all()
+        for c in fleet.children:
+            c.proc.wait()
+            if c.reader is not None:
+                c.reader.join(5.0)
+            for pipe in (c.proc.stdin, c.proc.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+    states = [c.state() for c in fleet.children]
+    if not_started:
+        states.append(empty_state(not_started))
+    summary = summary_of_state(merge_states(states), args.url, args.behavior)
+    failures = [
+        {"process": c.index, "exit_code": c.proc.returncode, "bots": c.bots}
+        for c in fleet.children
+        if c.failed
+    ]
+    summary["processes"] = processes
+    summary["process_failures"] = failures
+    ok = not failures and (summary["joined"] or not args.count)
+    return summary, 0 if ok else 1

@@ -204,7 +204,8 @@ class LatencyHistogram:
     Percentiles are the geometric middle of the bucket holding the nearest-rank sample,
     clamped to the exact min and max, so they are within about 1 % of the exact value (the
     smallest and largest ranks give the min and max themselves). Histograms subtract
-    (:meth:`since`), which gives the figures of a time window.
+    (:meth:`since`), which gives the figures of a time window, add up (:meth:`merge`), and
+    travel between processes as JSON (:meth:`to_dict`, :meth:`from_dict`).
     """
 
     LOW: Final = 1e-5
@@ -275,6 +276,51 @@ class LatencyHistogram:
 
     def mean(self) -> float | None:
         return self.total / self.count if self.count else None
+
+    def merge(self, other: LatencyHistogram) -> None:
+        """Add ``other``'s samples to this one (histograms of several players or processes).
+
+        Buckets add up exactly, so the merged percentiles are those of one histogram that
+        recorded every sample of both.
+        """
+        self.counts += other.counts
+        self.count += other.count
+        self.total += other.total
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (only the non-empty buckets) that :meth:`from_dict` reads back
+        exactly, for sending a histogram to another process."""
+        used = np.flatnonzero(self.counts)
+        empty = self.count == 0
+        return {
+            "count": self.count,
+            "total": self.total,
+            "min": None if empty else self.min,
+            "max": None if empty else self.max,
+            "buckets": [[int(i), int(self.counts[i])] for i in used],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyHistogram:
+        """The histogram that :meth:`to_dict` described; ``ValueError`` if it is inconsistent
+        (bucket out of range, negative or mismatched counts)."""
+        out = cls()
+        try:
+            for i, n in data["buckets"]:
+                if not (0 <= int(i) < cls.BUCKETS and int(n) >= 0):
+                    raise ValueError(f"bucket {i}: {n} is out of range")
+                out.counts[int(i)] += int(n)
+            out.count = int(data["count"])
+            out.total = float(data["total"])
+            if out.count:
+                out.min, out.max = float(data["min"]), float(data["max"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a histogram: {exc}") from exc
+        if int(out.counts.sum()) != out.count:
+            raise ValueError("bucket counts do not add up to the histogram's count")
+        return out
 
 
 class ClockSync:
