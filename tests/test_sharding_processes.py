@@ -73,6 +73,7 @@ async def test_a_player_crosses_between_zone_processes_without_noticing(kafka_ur
     name = f"strip{uuid.uuid4().hex[:10]}"
     port = _free_port()
     common = ["--bus", kafka_url, "--world-name", name]
+    drains: list[asyncio.Task[None]] = []
     procs = [
         await _start("zone", str(WORLD), "--zone", "z0", *common),
         await _start("zone", str(WORLD), "--zone", "z1", *common),
@@ -84,7 +85,7 @@ async def test_a_player_crosses_between_zone_processes_without_noticing(kafka_ur
             _wait_for_line(procs[1], "ticking", 90.0),
             _wait_for_line(procs[2], "players connect", 90.0),
         )
-        drains = [asyncio.create_task(_drain(p)) for p in procs]
+        drains += [asyncio.create_task(_drain(p)) for p in procs]
         border = initial_map(load_world(WORLD)).region_bounds(0)[2]
         url = f"ws://127.0.0.1:{port}"
         async with connect(url) as walker, connect(url) as watcher:
@@ -131,9 +132,10 @@ async def test_a_player_crosses_between_zone_processes_without_noticing(kafka_ur
             assert float(steps.max()) <= 20.0 * 0.05 * 3 + 0.05, float(steps.max())
             for t in readers:
                 t.cancel()
+    finally:
         for t in drains:
             t.cancel()
-    finally:
+        await asyncio.gather(*drains, return_exceptions=True)
         outputs = [await _stop(p) for p in procs]
     gateway_summary = outputs[2].strip().splitlines()[-1]
     assert '"summary": "gateway"' in gateway_summary, outputs[2][-2000:]

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import secrets
 import socket
 import time
@@ -62,6 +63,8 @@ ANONYMOUS_PLAYER_BASE = 1 << 52
 tokens may name, 1 .. 2**53 - 1, is left to real accounts)."""
 
 _FLAG_RESET = 0x01  # first byte of a snapshot payload (docs/snapshot-format.md)
+#: A connection waiting for a full snapshot asks the world again after this long.
+RESYNC_RETRY_S = 0.5
 _BAD_KICKS = frozenset({ErrorCode.ABUSE, ErrorCode.SLOW_READER, ErrorCode.INTERNAL})
 
 
@@ -176,7 +179,7 @@ class _Conn:
         "entity",
         "over_since",
         "protocol",
-        "resync_asked",
+        "resync_at",
         "session",
         "stale",
         "transport",
@@ -194,7 +197,8 @@ class _Conn:
         # The client's mirror is behind (new, resumed, or a snapshot was dropped): send
         # nothing until a RESET payload comes, since every other payload is a delta.
         self.stale = True
-        self.resync_asked = False
+        #: When this connection last asked the world for a full snapshot (-inf: never).
+        self.resync_at = -math.inf
         self.over_since = -1.0  # when the write buffer went over the limit; -1: it is not
 
 
@@ -457,7 +461,7 @@ class Gateway:
                     # Dropped: every later payload is a delta against one the client lacks.
                     self.snapshots_dropped += 1
                     conn.stale = True
-                    conn.resync_asked = False
+                    conn.resync_at = -math.inf
                     if conn.over_since < 0.0:
                         conn.over_since = now
                     elif now - conn.over_since > grace:
@@ -469,8 +473,10 @@ class Gateway:
                         conn.stale = False
                     else:
                         self.snapshots_skipped += 1
-                        if not conn.resync_asked:
-                            conn.resync_asked = True
+                        # Ask again now and then: over a bus a request (or the full
+                        # snapshot it causes) can be lost while the player changes zones.
+                        if now - conn.resync_at > RESYNC_RETRY_S:
+                            conn.resync_at = now
                             self.port.request_resync(ids[i])
                         continue
                 s = starts[i]
@@ -737,7 +743,7 @@ class Gateway:
         conn.binding = b
         conn.entity = entity
         conn.stale = True
-        conn.resync_asked = resumed
+        conn.resync_at = now if resumed else -math.inf
         self._live[entity] = conn
         self.joins += 1
         if resumed:

@@ -266,6 +266,8 @@ class ZoneNode:
         ours, and start the heartbeat."""
         if self.store is not None:
             await self._take_lease()
+            # Renew from now on: creating topics and subscribing can take longer than a TTL.
+            self._tasks.append(asyncio.create_task(self._keep_lease(), name=f"lease-{self.name}"))
         zones = self.cellmap.zones
         await self.bus.create_topics(self.topics.zone_specs(zones))
         self._zones_ready.update(range(len(zones)))
@@ -274,8 +276,6 @@ class ZoneNode:
         self._own = await self.bus.subscribe(self.topics.zone_own(self.name), "latest")
         self._rt = await self.bus.subscribe(self.topics.zone_rt(self.name), "latest")
         self._tasks.append(asyncio.create_task(self._heartbeats(), name=f"beat-{self.name}"))
-        if self.store is not None:
-            self._tasks.append(asyncio.create_task(self._keep_lease(), name=f"lease-{self.name}"))
         log.info(
             "zone %s (%d of %d) on %s, map epoch %d, %d neighbours",
             self.name,
@@ -417,7 +417,11 @@ class ZoneNode:
             pending = self._opening[gateway] = []
             self._tasks.append(asyncio.ensure_future(self._open_gateway(gateway)))
         if isinstance(msg, SnapshotBatch):
+            # Dropped: their next snapshot must be a full one, or the gateway (which waits
+            # for a RESET) would have nothing to start from.
             self.stats.undeliverable += 1
+            for oid in msg.observer_ids.tolist():
+                self.zone.request_resync(oid)
         else:
             pending.append(msg)
 
@@ -430,7 +434,9 @@ class ZoneNode:
             self._opening.pop(gateway, None)
             return
         self._gateways.add(gateway)
-        for msg in self._opening.pop(gateway, []):
+        pending = self._opening.pop(gateway, [])
+        log.info("zone %s: writing to gateway %d", self.name, gateway)
+        for msg in pending:
             self._send(topic, msg)
 
     # --- before the tick: what the bus brought ---------------------------------------------
