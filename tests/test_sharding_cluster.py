@@ -383,3 +383,49 @@ async def test_players_in_a_sharded_world_walk_across_borders_without_noticing()
         cluster.stop()
         await asyncio.wait_for(ticking, 5.0)
         await cluster.close()
+
+
+async def test_ghosts_sent_as_changes_match_the_neighbours_entities_every_tick() -> None:
+    """Deltas between keyframes: the receiver's ghosts are exactly the sender's entities in
+    range, with their current fields, at every tick; idle entities cost nothing."""
+    cluster = Cluster(_world(npcs=300), clock=ManualClock(), world_name=_name())
+    await cluster.start()
+    try:
+        z0, z1 = cluster.zones
+        reach = z0.config.interest_radius + z0.config.interest_hysteresis
+        mask = cluster.cellmap.ghost_cells(0, reach)[1]
+        rng = np.random.default_rng(5)
+        await _settle(cluster, 2)
+        bytes_idle = None
+        for tick in range(60):
+            if tick == 20:
+                n0 = cluster.nodes[0]
+                before = n0.stats.ghost_bytes_out
+            if tick == 39:
+                bytes_idle = cluster.nodes[0].stats.ghost_bytes_out - before
+            if 40 <= tick:
+                # Some of zone 0's entities start walking about (seek mode, random targets).
+                k = 30
+                rows = rng.choice(len(z0.entities), k, replace=False)
+                z0.entities["mode"][rows] = 2
+                z0.entities["max_speed"][rows] = 3.0
+                z0.entities["max_accel"][rows] = 30.0
+                z0.entities["target"][rows] = z0.entities["pos"][rows] + rng.uniform(
+                    -20, 20, (k, 2)
+                ).astype(np.float32)
+            cluster.step()
+            cells = cluster.cellmap.cell_of(z0.entities["pos"])
+            want = z0.entities.live_ids()[mask[cells]]
+            got = np.setdiff1d(z1.ghosts.live_ids(), z1.entities.live_ids())
+            ghost_from_0 = got[np.isin(got, z0.entities.live_ids())]
+            assert set(ghost_from_0.tolist()) == set(want.tolist()), f"tick {tick}"
+            r0 = z0.entities.rows_of(want)
+            r1 = z1.ghosts.rows_of(want)
+            assert np.array_equal(z0.entities["pos"][r0], z1.ghosts["pos"][r1])
+            assert np.array_equal(z0.entities["vel"][r0], z1.ghosts["vel"][r1])
+        # While nothing moved, only the keyframe (one in 20 ticks) carried rows.
+        assert bytes_idle is not None
+        full_set = len(want) * cluster.nodes[0]._ghost_dtype.itemsize
+        assert bytes_idle < 2 * full_set + 19 * 64
+    finally:
+        await cluster.close()

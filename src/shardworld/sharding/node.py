@@ -40,6 +40,10 @@ log = logging.getLogger("shardworld.sharding")
 #: At most this many ticks of ghost lag are made up by moving ghosts along their velocity.
 MAX_GHOST_EXTRAPOLATION_TICKS = 4
 
+#: Every this many ticks a zone sends each neighbour its whole ghost set, not the changes, so
+#: a neighbour that missed a message (or just started) is whole again within a second.
+GHOST_KEYFRAME_TICKS = 20
+
 #: In the per-cell load a zone reports, an observer counts as this many plain entities.
 OBSERVER_LOAD_WEIGHT = 4.0
 
@@ -179,6 +183,8 @@ class ZoneNode:
         #: Per destination: (tick, ids) of recent handoffs, whose ghost copies we keep until
         #: the new owner's ghost lists can include them.
         self._handed: dict[int, list[tuple[int, npt.NDArray[np.uint64]]]] = {}
+        #: Per neighbour: the ghost ids (sorted) and raw rows we sent it last tick.
+        self._sent: dict[int, tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint8]]] = {}
         self._zones_ready: set[int] = set()
         self._control: Subscription | None = None
 
@@ -217,6 +223,7 @@ class ZoneNode:
         cfg = self.zone.config
         reach = cfg.interest_radius + cfg.interest_hysteresis
         self._ghost_masks = cellmap.ghost_cells(self.index, reach)
+        self._sent = {n: v for n, v in getattr(self, "_sent", {}).items() if n in self._ghost_masks}
         if old is not None:
             # Ghosts of zones that are no longer neighbours stop coming: drop them now.
             for src in [s for s in self._ghost_ids if s not in self._ghost_masks]:
@@ -651,8 +658,13 @@ class ZoneNode:
             block, ids = block[~mine], ids[~mine]
         prev = self._ghost_ids.get(src)
         kept = np.zeros(0, np.uint64)
+        if not msg.full and prev is None:
+            prev = np.zeros(0, np.uint64)  # we missed the keyframe: the next one completes us
         if prev is not None and len(prev):
-            gone = np.setdiff1d(prev, ids, assume_unique=True)
+            if msg.full:
+                gone = np.setdiff1d(prev, ids, assume_unique=True)
+            else:
+                gone = np.intersect1d(prev, msg.removed)
             if len(gone):
                 # Not gone, only not listed yet: entities we just handed to ``src`` (its list
                 # was written before it took them in), and entities handed to us that wait a
@@ -665,7 +677,12 @@ class ZoneNode:
                 if others:
                     gone = gone[~np.isin(gone, np.concatenate(others))]
                 zone.ghosts.despawn(gone)
-        self._ghost_ids[src] = np.union1d(ids, kept) if len(kept) else np.sort(ids)
+        if msg.full:
+            self._ghost_ids[src] = np.union1d(ids, kept) if len(kept) else np.sort(ids)
+        else:
+            assert prev is not None
+            stay = np.setdiff1d(prev, msg.removed) if len(msg.removed) else prev
+            self._ghost_ids[src] = np.union1d(np.union1d(stay, ids), kept)
         self._ghost_seen[src] = zone.tick
         self.stats.ghosts_in += len(ids)
         if len(ids) == 0:
@@ -781,18 +798,46 @@ class ZoneNode:
             self._ghost_seen.setdefault(d, zone.tick)
 
     def _publish_ghosts(self, zone: Zone, cells: npt.NDArray[np.int32]) -> None:
+        """Each neighbour gets the rows in its ghost range that changed since last tick and
+        the ids that left it; every ``GHOST_KEYFRAME_TICKS`` the whole set instead."""
         ents = zone.entities
+        keyframe = zone.tick % GHOST_KEYFRAME_TICKS == 0
         for n, mask in self._ghost_masks.items():
             rows = np.flatnonzero(mask[cells]) if len(cells) else np.zeros(0, np.int64)
+            ids = ents.ids[rows]
+            order = np.argsort(ids)
+            rows, ids = rows[order], ids[order]
             block = np.empty(len(rows), dtype=self._ghost_dtype)
-            block["id"] = ents.ids[rows]
+            block["id"] = ids
             for name in self._ghost_fields:
                 block[name] = ents[name][rows]
-            sent = self._send(
-                self.topics.zone_rt(self.cellmap.zones[n]),
-                wire.Ghosts(self.cellmap.epoch, self.index, zone.tick, block.tobytes()),
-            )
-            self.stats.ghosts_out += len(rows)
+            raw = block.view(np.uint8).reshape(len(block), self._ghost_dtype.itemsize)
+            prev = self._sent.get(n)
+            if keyframe or prev is None:
+                msg = wire.Ghosts(self.cellmap.epoch, self.index, zone.tick, block.tobytes())
+                sent_rows = len(block)
+            else:
+                prev_ids, prev_raw = prev
+                pos = np.searchsorted(prev_ids, ids)
+                pos_c = np.minimum(pos, max(len(prev_ids) - 1, 0))
+                same = np.zeros(len(ids), np.bool_)
+                if len(prev_ids):
+                    hit = prev_ids[pos_c] == ids
+                    same[hit] = np.all(prev_raw[pos_c[hit]] == raw[hit], axis=1)
+                removed = np.setdiff1d(prev_ids, ids, assume_unique=True)
+                changed = block[~same]
+                msg = wire.Ghosts(
+                    self.cellmap.epoch,
+                    self.index,
+                    zone.tick,
+                    changed.tobytes(),
+                    removed,
+                    full=False,
+                )
+                sent_rows = len(changed)
+            self._sent[n] = (ids, raw.copy())
+            sent = self._send(self.topics.zone_rt(self.cellmap.zones[n]), msg)
+            self.stats.ghosts_out += sent_rows
             self.stats.ghost_bytes_out += sent
             self.stats.ghost_messages_out += 1
 

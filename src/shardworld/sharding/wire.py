@@ -12,7 +12,7 @@ The layout of each message is documented in docs/sharding.md.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -93,6 +93,10 @@ class Ghosts:
     source: int
     tick: int
     rows: bytes  # packed rows of the ghost dtype
+    removed: npt.NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))
+    #: True: ``rows`` is the whole set (a keyframe). False: only the rows that changed since
+    #: the sender's previous message, and ``removed`` lists those no longer in range.
+    full: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +228,17 @@ def encode(msg: Message) -> bytes:
         return _pack([Kind.RESYNC, msg.entity])
     if t is Ghosts:
         assert isinstance(msg, Ghosts)
-        return _pack([Kind.GHOSTS, msg.epoch, msg.source, msg.tick, msg.rows])
+        return _pack(
+            [
+                Kind.GHOSTS,
+                msg.epoch,
+                msg.source,
+                msg.tick,
+                msg.rows,
+                np.ascontiguousarray(msg.removed, "<u8").tobytes(),
+                msg.full,
+            ]
+        )
     if t is Handoff:
         assert isinstance(msg, Handoff)
         kind = Kind.BOUNCE if msg.bounce else Kind.HANDOFF
@@ -343,12 +357,16 @@ def decode(data: bytes) -> Message:
         _expect(items, 2, "RESYNC")
         return Resync(_int(items[1], "entity"))
     if kind is Kind.GHOSTS:
-        _expect(items, 5, "GHOSTS")
+        _expect(items, 7, "GHOSTS")
+        if type(items[6]) is not bool:
+            raise WireError("GHOSTS: full must be a boolean")
         return Ghosts(
             _int(items[1], "epoch"),
             _int(items[2], "source"),
             _int(items[3], "tick"),
             _bytes(items[4], "rows"),
+            _array(_bytes(items[5], "removed"), "<u8", "removed"),
+            items[6],
         )
     if kind is Kind.HANDOFF or kind is Kind.BOUNCE:
         _expect(items, 7, kind.name)
