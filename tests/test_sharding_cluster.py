@@ -403,7 +403,7 @@ async def test_ghosts_sent_as_changes_match_the_neighbours_entities_every_tick()
                 before = n0.stats.ghost_bytes_out
             if tick == 39:
                 bytes_idle = cluster.nodes[0].stats.ghost_bytes_out - before
-            if 40 <= tick:
+            if tick >= 40:
                 # Some of zone 0's entities start walking about (seek mode, random targets).
                 k = 30
                 rows = rng.choice(len(z0.entities), k, replace=False)
