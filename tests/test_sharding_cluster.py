@@ -208,20 +208,47 @@ async def test_a_handoff_of_a_stale_epoch_is_refused_and_the_entity_lives_on(
         delay = _delay(bus_url)
         z0, z1 = cluster.zones
         n0, n1 = cluster.nodes
-        newer = cluster.cellmap.with_owner(np.asarray(cluster.cellmap.owner))
-        n1.apply_map(newer)  # zone 1 has moved on to epoch 2; zone 0 has not heard yet
         border = cluster.cellmap.region_bounds(0)[2]
-        eid = z0.spawn(1, pos=(border + 5.0, 100.0))[0]  # stands in zone 1's cell
+        spot = np.array([[border + 5.0, 100.0]], np.float32)
+        # Epoch 2 gives zone 0 the cell east of the border where the entity will stand.
+        owner = np.asarray(cluster.cellmap.owner).copy().reshape(-1)
+        owner[cluster.cellmap.cell_of(spot)[0]] = 0
+        newer = cluster.cellmap.with_owner(owner.reshape(cluster.cellmap.owner.shape))
+        n1.apply_map(newer)  # zone 1 is at epoch 2; zone 0 has not heard yet
+        eid = z0.spawn(1, pos=tuple(spot[0]))[0]  # zone 1's cell under epoch 1
         for _ in range(6):
             cluster.step()
             await asyncio.sleep(delay)
             _check_ownership(cluster, 1)
+        # Zone 0 keeps handing it over (epoch 1); zone 1 keeps refusing (not its cell).
         assert n1.stats.stale_refused >= 1
-        assert z1.entities.contains([eid])[0] == np.False_
+        assert not z1.entities.contains([eid])[0]
         n0.apply_map(newer)
         await _settle(cluster, 4, delay)
-        assert z1.entities.contains([eid])[0]
+        assert z0.entities.contains([eid])[0]  # its cell is zone 0's now: it stays
         _check_ownership(cluster, 1)
+    finally:
+        await cluster.close()
+
+
+async def test_a_stale_epoch_handoff_into_a_cell_the_receiver_owns_anyway_is_taken(
+    bus_url: str,
+) -> None:
+    cluster = Cluster(_world(), bus_url=bus_url, clock=ManualClock(), world_name=_name())
+    await cluster.start()
+    try:
+        delay = _delay(bus_url)
+        z0, z1 = cluster.zones
+        n1 = cluster.nodes[1]
+        n1.apply_map(cluster.cellmap.with_owner(np.asarray(cluster.cellmap.owner)))
+        border = cluster.cellmap.region_bounds(0)[2]
+        eid = z0.spawn(1, pos=(border + 5.0, 100.0))[0]
+        for _ in range(4):
+            cluster.step()
+            await asyncio.sleep(delay)
+            _check_ownership(cluster, 1)
+        assert z1.entities.contains([eid])[0]
+        assert n1.stats.stale_refused == 0
     finally:
         await cluster.close()
 

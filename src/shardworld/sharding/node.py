@@ -372,6 +372,7 @@ class ZoneNode:
         z = self.zone
         report = z.stats.report()
         report.pop("phase_ms", None)
+        report["p99_ms"] = z.stats.recent_p99()  # the last two seconds, not the whole window
         # Load per cell, for the rebalancer: entities, observers weighing more (they cost
         # interest and encoding), as sparse (cell, load) columns.
         ents = z.entities
@@ -585,9 +586,33 @@ class ZoneNode:
         if len(msg.rows) % self._row_dtype.itemsize:
             raise ValueError("handoff rows do not match the row layout")
         if not msg.bounce and msg.epoch < self.cellmap.epoch:
-            # Fencing: the sender decided under an older map. Send the rows back so the
-            # entities stay alive with their owner, which re-routes them once it has caught up.
-            refused = len(msg.rows) // self._row_dtype.itemsize
+            # Fencing: the sender decided under an older map. Rows standing in cells that are
+            # ours under our newer map are ours either way; the rest go back so the entities
+            # stay alive with their owner, which re-routes them once it has caught up.
+            arrived = np.frombuffer(msg.rows, dtype=self._row_dtype)
+            ours = self._owner_flat[self.cellmap.cell_of(arrived["pos"])] == self.index
+            if np.any(ours):
+                self._on_handoff(
+                    wire.Handoff(
+                        self.cellmap.epoch,
+                        msg.source,
+                        msg.target,
+                        msg.tick,
+                        msg.fingerprint,
+                        arrived[ours].tobytes(),
+                    )
+                )
+                if np.all(ours):
+                    return
+                msg = wire.Handoff(
+                    msg.epoch,
+                    msg.source,
+                    msg.target,
+                    msg.tick,
+                    msg.fingerprint,
+                    arrived[~ours].tobytes(),
+                )
+            refused = int(np.count_nonzero(~ours))
             self.stats.stale_refused += refused
             self.stats.bounced_out += refused
             self._log_once(

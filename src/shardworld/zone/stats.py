@@ -62,6 +62,12 @@ class ZoneStats:
             "max_ms": float(t.max()),
         }
 
+    def recent_p99(self, ticks: int = 40) -> float:
+        """p99 over the last ``ticks`` ticks (ms): what load reports use, so a zone that
+        got busy (or quiet) shows it within seconds rather than over the whole window."""
+        t = self.tick_ms()[-ticks:]
+        return float(np.percentile(t, 99)) if t.size else 0.0
+
     def phase_means(self) -> dict[str, float]:
         k = min(self.ticks, self.window)
         if k == 0:

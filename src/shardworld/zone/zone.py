@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -354,6 +355,10 @@ class Zone:
             self._started = True
             if self.primary:
                 self.handler.on_start(self)
+            # Everything allocated so far lives as long as the zone: move it out of the
+            # cyclic collector's view, so a full collection never pauses a tick for long
+            # (tens of ms with the objects numba and the libraries leave behind).
+            gc.freeze()
 
     def step(self) -> SnapshotBatch | None:
         """Run one tick now. Returns the snapshot batch if this was a snapshot tick."""
