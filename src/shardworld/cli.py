@@ -178,9 +178,14 @@ def _parser() -> argparse.ArgumentParser:
             "balance. Several coordinators may run: one leads (a lease in the store), the\n"
             "others stand by and take over within the lease time when it dies. Every\n"
             "change of the cell map is written to the store's event log (the audit trail).\n\n"
-            "example:\n"
+            "With --elastic it also adds zones when a zone stays too busy for line moves to\n"
+            "help (starting `shardworld zone` processes here) and merges cold neighbours,\n"
+            "stopping the zone merged away, between --min-zones and --max-zones.\n\n"
+            "examples:\n"
             "  shardworld coordinator zones/arena --bus kafka://127.0.0.1:9092 \\\n"
-            "      --store redis://127.0.0.1:6379/0"
+            "      --store redis://127.0.0.1:6379/0\n"
+            "  shardworld coordinator zones/arena --bus kafka://127.0.0.1:9092 \\\n"
+            "      --store redis://127.0.0.1:6379/0 --elastic --max-zones 8 --zone-logs logs/"
         ),
     )
     co.add_argument("path", help="world folder, e.g. zones/arena")
@@ -191,6 +196,76 @@ def _parser() -> argparse.ArgumentParser:
     co.add_argument("--lease-ttl", type=float, default=3.0, help="leader lease in seconds")
     co.add_argument("--no-rebalance", action="store_true", help="lead, but never move cells")
     co.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
+    co.add_argument(
+        "--high-water-ms",
+        type=float,
+        help="a zone whose tick p99 stays above this is split (default: half the tick budget)",
+    )
+    co.add_argument(
+        "--low-water-ms",
+        type=float,
+        help="two sibling zones whose tick p99 stays below this merge (default: 15%% of the "
+        "tick budget)",
+    )
+    co.add_argument(
+        "--split-after", type=float, help="seconds a zone must stay hot before a split (5)"
+    )
+    co.add_argument(
+        "--merge-after", type=float, help="seconds two zones must stay cold before a merge (60)"
+    )
+    co.add_argument(
+        "--cooldown", type=float, help="seconds between two splits or merges (default 15)"
+    )
+    co.add_argument(
+        "--rebalance-config",
+        metavar="FILE",
+        help="a JSON object of rebalancer settings (RebalanceConfig fields, or high_water_ms "
+        "and low_water_ms) over the options above; with --elastic it is read again whenever "
+        "it changes",
+    )
+    el = co.add_argument_group("elastic zones")
+    el.add_argument(
+        "--elastic",
+        action="store_true",
+        help="add and remove zones as the load needs, running them as processes here",
+    )
+    el.add_argument("--min-zones", type=int, help="never fewer zones with cells (default: --zones)")
+    el.add_argument(
+        "--max-zones", type=int, help="never more zones with cells (default: 2 x --zones)"
+    )
+    el.add_argument(
+        "--zone-args",
+        default="",
+        help="more arguments for the zone processes, e.g. '--lease-ttl 2' "
+        "(--tick-hz, --zones and --cell-size are passed on already)",
+    )
+    el.add_argument(
+        "--zone-logs", metavar="DIR", help="write each started zone's output to DIR/zone-NAME.log"
+    )
+    el.add_argument(
+        "--start-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a new zone has to come up before it is given up (default 60)",
+    )
+    el.add_argument(
+        "--retire-quiet",
+        type=float,
+        default=2.0,
+        help="seconds a merged-away zone must report no entities before it is stopped (2)",
+    )
+    el.add_argument(
+        "--spare-idle",
+        type=float,
+        default=60.0,
+        help="seconds a started zone that got no cells waits for a split before it stops (60)",
+    )
+    el.add_argument(
+        "--stop-zones-on-exit",
+        action="store_true",
+        help="stop the zones this coordinator started when it exits (default: they keep "
+        "serving the world, whoever coordinates it next)",
+    )
 
     sub.add_parser(
         "bots", help="drive simulated players (see `shardworld bots --help`)", add_help=False
@@ -679,24 +754,119 @@ def _coordinator_main(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        return int(_runner()(_serve_coordinator(world, args)))
+        config = _rebalance_config(world, args)
+    except (OSError, ValueError) as exc:
+        print(f"shardworld coordinator: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(_runner()(_serve_coordinator(world, args, config)))
     except (OSError, ValueError) as exc:
         print(f"shardworld coordinator: {exc}", file=sys.stderr)
         return 1
 
 
-async def _serve_coordinator(world: Any, args: argparse.Namespace) -> int:
+def _rebalance_config(world: Any, args: argparse.Namespace, with_file: bool = True) -> Any:
+    """The rebalancer's settings from the coordinator's options, and from its
+    --rebalance-config file if ``with_file`` (OSError, ValueError)."""
+    import dataclasses
+
+    from shardworld.coordinator.rebalancer import RebalanceConfig
+
+    budget = 1000.0 / float(world.config.tick_hz)
+    changes: dict[str, Any] = {"tick_budget_ms": budget}
+    if args.high_water_ms is not None:
+        changes["high_water"] = args.high_water_ms / budget
+    if args.low_water_ms is not None:
+        changes["low_water"] = args.low_water_ms / budget
+    if args.split_after is not None:
+        changes["split_after_s"] = args.split_after
+    if args.merge_after is not None:
+        changes["merge_after_s"] = args.merge_after
+    if args.cooldown is not None:
+        changes["structural_cooldown_s"] = args.cooldown
+    start = args.zones if args.zones is not None else world.sharding.zones
+    lo = args.min_zones if args.min_zones is not None else start
+    hi = args.max_zones if args.max_zones is not None else max(lo, 2 * start)
+    changes["min_zones"], changes["max_zones"] = lo, hi
+    config = RebalanceConfig()
+    # Only one mark given: keep the other on its side of it.
+    if "low_water" in changes and "high_water" not in changes:
+        changes["high_water"] = max(config.high_water, changes["low_water"] * 2.0)
+    if "high_water" in changes and "low_water" not in changes:
+        changes["low_water"] = min(config.low_water, changes["high_water"] / 2.0)
+    config = dataclasses.replace(config, **changes)
+    if with_file and args.rebalance_config:
+        config = _config_file(args.rebalance_config, config)
+    return config
+
+
+def _config_file(path: str, base: Any) -> Any:
+    """``base`` with the settings of the JSON object in ``path`` (OSError, ValueError)."""
+    import dataclasses
+
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of rebalancer settings")
+    data = dict(data)
+    budget = float(data.get("tick_budget_ms", base.tick_budget_ms))
+    for key in ("high_water_ms", "low_water_ms"):
+        if key in data:
+            value = data.pop(key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{path}: {key} must be a number, got {value!r}")
+            data[key[: -len("_ms")]] = float(value) / budget
+    names = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{path}: unknown rebalancer settings: {', '.join(unknown)}")
+    try:
+        return dataclasses.replace(base, **data)
+    except TypeError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+async def _serve_coordinator(world: Any, args: argparse.Namespace, config: Any) -> int:
     import os
+    import shlex
     import socket
 
     from shardworld.bus import open_bus
-    from shardworld.coordinator.coordinator import Coordinator
+    from shardworld.coordinator.coordinator import Coordinator, Planner
+    from shardworld.coordinator.elastic import ElasticPlanner, ScalingSettings
     from shardworld.coordinator.planner import RebalancingPlanner
+    from shardworld.coordinator.provider import LocalProvider
     from shardworld.sharding.cluster import initial_map
     from shardworld.store import open_store
 
     name = args.world_name or world.config.name
     node_id = args.node_id or f"{socket.gethostname()}:{os.getpid()}"
+    provider: LocalProvider | None = None
+    planner: Planner | None = None
+    elastic: ElasticPlanner | None = None
+    if args.elastic and not args.no_rebalance:
+        zone_args = []
+        for flag, value in (
+            ("--tick-hz", args.tick_hz),
+            ("--zones", args.zones),
+            ("--cell-size", args.cell_size),
+        ):
+            if value is not None:
+                zone_args += [flag, str(value)]
+        provider = LocalProvider(
+            args.path,
+            args.bus,
+            args.store,
+            extra_args=[*zone_args, *shlex.split(args.zone_args)],
+            log_dir=args.zone_logs,
+            world_name=args.world_name,
+        )
+        planner = elastic = ElasticPlanner(config)
+    elif not args.no_rebalance:
+        planner = RebalancingPlanner(config)
     bus = open_bus(args.bus)
     await bus.start()
     store = open_store(args.store, name)
@@ -707,9 +877,11 @@ async def _serve_coordinator(world: Any, args: argparse.Namespace) -> int:
         name,
         initial_map(world, args.zones, args.cell_size),
         node_id,
-        planner=None if args.no_rebalance else RebalancingPlanner(),
+        planner=planner,
         period_s=args.period,
         lease_ttl_s=args.lease_ttl,
+        provider=provider,
+        scaling=ScalingSettings(args.start_timeout, args.retire_quiet, args.spare_idle),
     )
     await coord.start()
     print(
@@ -727,25 +899,51 @@ async def _serve_coordinator(world: Any, args: argparse.Namespace) -> int:
             await asyncio.sleep(5.0)
             st = coord.status()
             log.info(
-                "coordinator %s: %s, map epoch %d, %d maps published, zones %s",
+                "coordinator %s: %s, map epoch %d, %d maps published, zones %s%s",
                 node_id,
                 "leader" if st["leader"] else "standby",
                 st["epoch"],
                 st["maps_published"],
                 {n: round(z["p99_ms"], 1) for n, z in st["zones"].items()},
+                f", elastic {coord.elastic_status()}" if provider is not None else "",
             )
 
-    rep = asyncio.create_task(report())
+    async def reload() -> None:
+        # The rebalancer's settings follow the file (an operator retunes a running world).
+        assert elastic is not None
+        seen = os.stat(args.rebalance_config).st_mtime_ns
+        while True:
+            await asyncio.sleep(args.period)
+            try:
+                mtime = os.stat(args.rebalance_config).st_mtime_ns
+                if mtime == seen:
+                    continue
+                seen = mtime
+                base = _rebalance_config(world, args, with_file=False)
+                elastic.set_config(_config_file(args.rebalance_config, base))
+            except (OSError, ValueError) as exc:
+                log.warning("coordinator %s: settings not reloaded: %s", node_id, exc)
+                continue
+            log.info("coordinator %s: rebalancer settings from %s", node_id, args.rebalance_config)
+
+    side = [asyncio.create_task(report())]
+    if elastic is not None and args.rebalance_config:
+        side.append(asyncio.create_task(reload()))
     await asyncio.wait(
         [task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
     )
     coord.stop()
-    rep.cancel()
-    await asyncio.gather(task, rep, return_exceptions=True)
+    for t in side:
+        t.cancel()
+    await asyncio.gather(task, *side, return_exceptions=True)
     await coord.close()
+    summary = {"summary": "coordinator", **coord.status()}
+    if provider is not None:
+        summary["elastic"] = coord.elastic_status()
+        await provider.close(stop=args.stop_zones_on_exit)
     await store.close()
     await bus.close()
-    print(json.dumps({"summary": "coordinator", **coord.status()}, sort_keys=True, default=str))
+    print(json.dumps(summary, sort_keys=True, default=str))
     return 0
 
 

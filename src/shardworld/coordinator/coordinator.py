@@ -28,6 +28,8 @@ import numpy as np
 import numpy.typing as npt
 
 from shardworld.bus import Bus, BusError, Subscription
+from shardworld.coordinator.elastic import ElasticPlanner, ScalingSettings
+from shardworld.coordinator.provider import NodeProvider, ProviderError
 from shardworld.sharding import wire
 from shardworld.sharding.cellmap import CellMap
 from shardworld.sharding.node import Topics
@@ -81,6 +83,10 @@ class Coordinator:
         period_s: how often the leader looks at the load.
         lease_ttl_s: how long a silent leader keeps the lease.
         clock: Unix time (tests may pass their own).
+        provider: starts and stops zone processes; with one, the planner must be an
+            :class:`~shardworld.coordinator.elastic.ElasticPlanner` and the coordinator
+            scales the world out and in (see :meth:`_scale_round`).
+        scaling: timings of starting and stopping zones (with a provider).
     """
 
     def __init__(
@@ -95,6 +101,8 @@ class Coordinator:
         lease_ttl_s: float = 3.0,
         stale_after_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        provider: NodeProvider | None = None,
+        scaling: ScalingSettings | None = None,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -116,6 +124,20 @@ class Coordinator:
         self._alive: set[str] = set()
         self._failed: dict[str, float] = {}  # zone -> when it was failed over
         self.failovers = 0
+        # --- elastic zones (only used with a provider) ---
+        if provider is not None and not isinstance(planner, ElasticPlanner):
+            raise ValueError("a coordinator with a node provider needs an ElasticPlanner")
+        self.provider = provider
+        self.scaling = scaling or ScalingSettings()
+        self._starting: dict[str, float] = {}  # zone -> when its process was asked for
+        self._added_epoch: dict[str, int] = {}  # zone -> the map epoch that added it
+        self._retiring: dict[str, _Retiring] = {}  # merged away, not stopped yet
+        self._retired: set[str] = set()  # stopped, being stopped, or given up: never reused
+        self._spare_since: dict[str, float] = {}  # up, owning no cells, since
+        self._scaling_tasks: dict[str, asyncio.Task[None]] = {}
+        self.zones_started = 0
+        self.zones_stopped = 0
+        self.peak_zones = _zones_with_cells(initial)
 
     @property
     def leader(self) -> bool:
@@ -127,6 +149,7 @@ class Coordinator:
 
     async def close(self) -> None:
         self._stopping = True
+        await self._finish_scaling_tasks()
         if self.lease is not None:
             try:
                 await self.store.release_lease(self.lease)
@@ -161,12 +184,18 @@ class Coordinator:
         await self._elect()
         if self.lease is None:
             return
+        # Say the current map every round: gateways and zones that started since (or missed
+        # an announcement) catch up within a period; the others ignore an epoch they have.
+        self._announce(self.cellmap)
         await self._check_zones()
         if self.planner is None:
             return
         now = self.clock()
         load, p99 = self.load_grid(now)
         if not p99:
+            return
+        if self.provider is not None:
+            await self._scale_round(load, p99, now)
             return
         planned = self.planner.next_map(self.cellmap, load, p99, now)
         if planned is not None:
@@ -401,6 +430,251 @@ class Coordinator:
                 for n, z in sorted(self.zones.items())
             },
         }
+
+    # --- elastic zones (with a provider) ---------------------------------------------------
+
+    async def _scale_round(
+        self, load: npt.NDArray[np.float64], p99: dict[str, float], now: float
+    ) -> None:
+        """One round of an elastic leader, after the failover check:
+
+        1. zones whose processes were asked for: up yet (lease held, heartbeats on the map
+           that added them, ticking), or given up after ``scaling.start_timeout_s``;
+        2. merged-away zones that have reported no entities for ``scaling.retire_quiet_s``:
+           their processes are stopped (in the background);
+        3. zones that are up but have owned no cells for ``scaling.spare_idle_s``: stopped;
+        4. the planner's next map, offered the zones that are up and own no cells: a
+           ``zone_added`` change (the new name appended, owning nothing) is published before
+           the provider starts the process, which reads that map from the store; a ``split``
+           gives cells to a zone that is up; a ``merge`` starts retiring the removed zone.
+
+        The zone list only grows: a stopped zone keeps its slot, owning no cells, and since
+        it owns none its lapsed lease is no failover (:meth:`_check_zones` skips it).
+        """
+        assert self.provider is not None and isinstance(self.planner, ElasticPlanner)
+        up = await self._zones_up(now)
+        await self._track_starting(up, now)
+        await self._track_retiring(now)
+        self._retire_idle_spares(up, now)
+        ready = {n for n in up if n not in self._retiring and n not in self._retired}
+        planned = self.planner.next_map(
+            self.cellmap,
+            load,
+            p99,
+            now,
+            ready=ready,
+            starting=set(self._starting),
+            stoppable=self.provider.running(),
+        )
+        if planned is None:
+            return
+        new, changes = planned
+        if not await self.publish(new, changes):
+            return
+        self.peak_zones = max(self.peak_zones, _zones_with_cells(new))
+        for ch in changes:
+            kind = ch.get("type")
+            if kind == "zone_added":
+                self._start_zone(str(ch["zone"]), new.epoch, now)
+            elif kind == "merge":
+                self._retiring[str(ch["remove"])] = _Retiring(new.epoch, now)
+            elif kind == "split":
+                self._spare_since.pop(str(ch["new_zone"]), None)
+
+    async def _zones_up(self, now: float) -> set[str]:
+        """The zones owning no cells whose process is up: it holds its lease, and its
+        heartbeats (sent once it reads its topics) come from a map that names it and show
+        it ticking (so it has stopped waiting for its peers and takes handoffs in)."""
+        cm = self.cellmap
+        owned = np.bincount(np.asarray(cm.owner).reshape(-1), minlength=len(cm.zones))
+        up: set[str] = set()
+        for i, name in enumerate(cm.zones):
+            if owned[i] or name in self._retired:
+                continue
+            view = self.zones.get(name)
+            if view is None or now - view.seen_at > self.stale_after_s:
+                continue
+            if view.epoch < self._added_epoch.get(name, 0) or view.tick <= 0:
+                continue
+            if await self.store.get_lease(f"zone:{name}") is not None:
+                up.add(name)
+        return up
+
+    def _start_zone(self, name: str, epoch: int, now: float) -> None:
+        assert self.provider is not None
+        self._starting[name] = now
+        self._added_epoch[name] = epoch
+        log.info("coordinator %s: starting zone %s (map epoch %d)", self.node_id, name, epoch)
+        self._scaling_tasks[f"start:{name}"] = asyncio.ensure_future(self.provider.start_zone(name))
+
+    async def _track_starting(self, up: set[str], now: float) -> None:
+        assert self.provider is not None
+        for name, since in list(self._starting.items()):
+            if name in up:
+                del self._starting[name]
+                self._spare_since[name] = now
+                self.zones_started += 1
+                log.info(
+                    "coordinator %s: zone %s is up after %.1f s", self.node_id, name, now - since
+                )
+                await self._event(
+                    {
+                        "type": "zone_started",
+                        "zone": name,
+                        "epoch": self.cellmap.epoch,
+                        "node": self.node_id,
+                        "startup_s": round(now - since, 3),
+                    }
+                )
+                continue
+            failed = None
+            task = self._scaling_tasks.get(f"start:{name}")
+            if task is not None and task.done():
+                exc = task.exception() if not task.cancelled() else None
+                if task.cancelled() or exc is not None:
+                    failed = f"the provider could not start it: {exc!r}"
+                elif name not in self.provider.running():
+                    failed = "its process exited"
+            if failed is None and now - since > self.scaling.start_timeout_s:
+                failed = f"not up {self.scaling.start_timeout_s:g} s after its start"
+            if failed is not None:
+                del self._starting[name]
+                log.error("coordinator %s: zone %s gave up: %s", self.node_id, name, failed)
+                await self._event(
+                    {
+                        "type": "zone_start_failed",
+                        "zone": name,
+                        "epoch": self.cellmap.epoch,
+                        "node": self.node_id,
+                        "reason": failed,
+                    }
+                )
+                self._stop_zone(name, "start failed")
+
+    async def _track_retiring(self, now: float) -> None:
+        assert self.provider is not None
+        cm = self.cellmap
+        owned = np.bincount(np.asarray(cm.owner).reshape(-1), minlength=len(cm.zones))
+        for name, r in list(self._retiring.items()):
+            if name in self._retired or owned[cm.zone_index(name)]:
+                # It owns cells again (an adopter after a failover, say): it stays.
+                del self._retiring[name]
+                continue
+            view = self.zones.get(name)
+            if view is None or now - view.seen_at > self.stale_after_s:
+                if name not in self.provider.running() and now - r.since > self.stale_after_s:
+                    del self._retiring[name]
+                    self._retired.add(name)
+                    self._alive.discard(name)
+                    log.warning(
+                        "coordinator %s: merged-away zone %s went silent before it was stopped",
+                        self.node_id,
+                        name,
+                    )
+                    await self._event(
+                        {
+                            "type": "zone_stopped",
+                            "zone": name,
+                            "epoch": cm.epoch,
+                            "node": self.node_id,
+                            "reason": "gone by itself",
+                        }
+                    )
+                continue
+            if view.epoch >= r.epoch and view.entities == 0 and view.seen_at >= r.since:
+                if r.empty_since is None:
+                    r.empty_since = now
+                if now - r.empty_since >= self.scaling.retire_quiet_s:
+                    del self._retiring[name]
+                    self._stop_zone(name, "merged")
+            else:
+                r.empty_since = None
+
+    def _retire_idle_spares(self, up: set[str], now: float) -> None:
+        for name in [n for n in self._spare_since if n not in up]:
+            del self._spare_since[name]
+        for name in up:
+            if name in self._starting or name in self._retiring or name in self._retired:
+                continue
+            since = self._spare_since.setdefault(name, now)
+            view = self.zones.get(name)
+            if now - since >= self.scaling.spare_idle_s and view is not None and not view.entities:
+                self._stop_zone(name, "idle spare")
+
+    def _stop_zone(self, name: str, reason: str) -> None:
+        """Stop zone ``name``'s process in the background; its name is never used again."""
+        self._retired.add(name)
+        self._alive.discard(name)
+        self._spare_since.pop(name, None)
+        key = f"stop:{name}"
+        if key not in self._scaling_tasks:
+            self._scaling_tasks[key] = asyncio.ensure_future(self._stop_and_log(name, reason))
+
+    async def _stop_and_log(self, name: str, reason: str) -> None:
+        assert self.provider is not None
+        if name not in self.provider.running():
+            log.warning(
+                "coordinator %s: zone %s is not running under this coordinator's provider; "
+                "it is not stopped (%s)",
+                self.node_id,
+                name,
+                reason,
+            )
+            return
+        log.info("coordinator %s: stopping zone %s (%s)", self.node_id, name, reason)
+        try:
+            await self.provider.stop_zone(name)
+        except ProviderError as exc:
+            log.error("coordinator %s: cannot stop zone %s: %s", self.node_id, name, exc)
+            return
+        self.zones_stopped += 1
+        await self._event(
+            {
+                "type": "zone_stopped",
+                "zone": name,
+                "epoch": self.cellmap.epoch,
+                "node": self.node_id,
+                "reason": reason,
+            }
+        )
+
+    async def _finish_scaling_tasks(self, timeout: float = 30.0) -> None:
+        tasks = [t for t in self._scaling_tasks.values() if not t.done()]
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=timeout)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
+        for t in self._scaling_tasks.values():
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                log.warning("coordinator %s: %s", self.node_id, t.exception())
+
+    def elastic_status(self) -> dict[str, Any]:
+        """What the elastic part is doing (logs, the CLI's summary, tests)."""
+        return {
+            "zones_with_cells": _zones_with_cells(self.cellmap),
+            "peak_zones": self.peak_zones,
+            "zones_started": self.zones_started,
+            "zones_stopped": self.zones_stopped,
+            "starting": sorted(self._starting),
+            "retiring": sorted(self._retiring),
+            "retired": sorted(self._retired),
+            "running": sorted(self.provider.running()) if self.provider is not None else [],
+        }
+
+
+@dataclass
+class _Retiring:
+    """A zone merged away at map ``epoch`` (at ``since``), waiting to be empty."""
+
+    epoch: int
+    since: float
+    empty_since: float | None = None
+
+
+def _zones_with_cells(cm: CellMap) -> int:
+    return int(np.count_nonzero(np.bincount(np.asarray(cm.owner).reshape(-1))))
 
 
 def _array(v: Any, dtype: str) -> npt.NDArray[Any]:

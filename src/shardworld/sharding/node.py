@@ -299,7 +299,10 @@ class ZoneNode:
         Handoffs sent to a zone before it subscribes would wait unread in its topic, so
         nobody ticks before everybody listens.
         """
-        want = set(range(len(self.cellmap.zones)))
+        # Zones that own no cells (merged away and stopped, or not split onto yet) send us
+        # nothing and get nothing from us: no need to wait for them.
+        owned = np.bincount(self._owner_flat, minlength=len(self.cellmap.zones))
+        want = {i for i in range(len(self.cellmap.zones)) if owned[i]} | {self.index}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         next_log = loop.time() + 2.0

@@ -71,6 +71,8 @@ class BusWorld:
         self._flush_scheduled = False
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
+        self._control: Subscription | None = None
+        self._control_task: asyncio.Task[None] | None = None
         self._closing = False
         self.wire_errors = 0
         self.stale_snapshots = 0
@@ -88,6 +90,41 @@ class BusWorld:
         )
         self._sub = await self.bus.subscribe(self.topics.gateway(self.gateway), "latest")
         self._task = asyncio.create_task(self._consume(), name=f"gateway-{self.gateway}-bus")
+        # Zones added to the world (elastic scale-out) are named in the maps on the control
+        # topic; ROUTEs and JOINs name zones by index into that list.
+        # "latest": the coordinator announces the current map every round, and an old run's
+        # maps on a reused topic must not count.
+        self._control = await self.bus.subscribe(self.topics.control, "latest")
+        self._control_task = asyncio.create_task(self._follow_maps(), name="gateway-maps")
+
+    async def _follow_maps(self) -> None:
+        sub = self._control
+        assert sub is not None
+        while not self._closing:
+            try:
+                await sub.wait(1.0)
+                records = sub.poll()
+            except BusError:
+                return
+            for rec in records:
+                try:
+                    msg = wire.decode(rec.value)
+                except wire.WireError:
+                    continue
+                if not isinstance(msg, wire.MapUpdate) or msg.cellmap.epoch <= self.cellmap.epoch:
+                    continue
+                cm = msg.cellmap
+                if cm.zones[: len(self.cellmap.zones)] != self.cellmap.zones:
+                    continue
+                added = cm.zones[len(self.cellmap.zones) :]
+                if added:
+                    try:
+                        await self.bus.create_topics(self.topics.zone_specs(added))
+                    except BusError as exc:
+                        log.error("gateway %d: cannot open zones %s: %s", self.gateway, added, exc)
+                        continue
+                self.cellmap = cm
+                self._zone_of_name = {n: i for i, n in enumerate(cm.zones)}
 
     async def close(self) -> None:
         self._closing = True
@@ -97,6 +134,12 @@ class BusWorld:
         if self._task is not None:
             await _finish(self._task)
             self._task = None
+        if self._control is not None:
+            await self._control.close()
+            self._control = None
+        if self._control_task is not None:
+            await _finish(self._control_task)
+            self._control_task = None
         self._flush_inputs()
 
     async def _consume(self) -> None:
@@ -204,7 +247,11 @@ class BusWorld:
     def _entry_zone(self, player_id: int) -> int:
         """Where a new player's join goes: spread over the zones; the handler places it
         and the first tick hands it to the zone owning its spot."""
-        return player_id % len(self.cellmap.zones)
+        owned = np.bincount(
+            np.asarray(self.cellmap.owner).reshape(-1), minlength=len(self.cellmap.zones)
+        )
+        live = np.flatnonzero(owned)
+        return int(live[player_id % len(live)]) if len(live) else 0
 
     # --- WorldPort -------------------------------------------------------------------------
 
