@@ -76,7 +76,11 @@ Definitions (also in the JSON under ``definitions``):
   the 50 ms of a tick (minus the gateway's, the players' and the bus's share); near that,
   zones run late and skip ticks (``late_ticks``, ``skipped_ticks``), which players see as
   snapshot gaps that have nothing to do with rebalancing.
-- ``failover_recovery_s``: not measured yet (null).
+- ``failover_recovery_s``: a separate 2-zone world (memory bus and store, or the real ones):
+  a player stands in zone z1, z1 vanishes as under SIGKILL (no more ticks, heartbeats or
+  lease renewals); seconds until the player's entity moves again, with lease TTL
+  ``--failover-lease`` s and checkpoints every ``--failover-checkpoint`` s; plus the
+  entities lost and whether the player's WebSocket stayed open.
 
 ``--kafka URL`` / ``--redis URL`` (default: ``$SHARDWORLD_KAFKA_URL`` /
 ``$SHARDWORLD_REDIS_URL``) run the first variant once more on the real bus and/or store (the
@@ -1031,6 +1035,94 @@ HEADLINE = (
 )
 
 
+async def failover_case(
+    bus_url: str, store_url: str, npcs: int, lease_s: float, checkpoint_s: float
+) -> dict[str, Any]:
+    """Kill zone z1 of a 2-zone world under a player standing in it; time the recovery."""
+    from shardworld.client import connect
+    from shardworld.coordinator.coordinator import Coordinator
+    from shardworld.gateway import Gateway, GatewayConfig
+
+    plan = CrowdPlan((0.0, 0.0, 1.0, 1.0), (1.0, 1.0), [])
+    world = make_world(400.0, npcs, 1, 0.0, 7, plan)
+    name = f"failover{int(time.time() * 1000) % 10**9}"
+    cluster = Cluster(
+        world,
+        zones=2,
+        bus_url=bus_url,
+        world_name=name,
+        store_url=store_url if store_url != "memory://" else f"memory://{name}",
+        lease_ttl_s=lease_s,
+        checkpoint_every_s=checkpoint_s,
+    )
+    await cluster.start()
+    assert cluster.port is not None and cluster.store is not None
+    coord = Coordinator(
+        cluster.bus,
+        cluster.store,
+        name,
+        cluster.cellmap,
+        "bench",
+        period_s=0.25,
+        lease_ttl_s=2.0,
+    )
+    await coord.start()
+    gw = Gateway(cluster.port, GatewayConfig(port=0, dev=True))
+    await gw.start()
+    ticking = asyncio.create_task(cluster.run())
+    leading = asyncio.create_task(coord.run())
+    loop = asyncio.get_running_loop()
+    out: dict[str, Any] = {}
+    try:
+        async with connect(gw.url) as me:
+            reader = asyncio.create_task(_drain_player(me))
+            await asyncio.sleep(1.0)
+            border = cluster.cellmap.region_bounds(0)[2]
+            for z in cluster.zones:
+                if z.entities.contains([me.entity_id])[0]:
+                    z.entities.set([me.entity_id], pos=(border + 50.0, 200.0))
+            await asyncio.sleep(max(2.0, 3 * checkpoint_s))  # z1 checkpoints the player
+            total = cluster.entity_count() + cluster.in_flight()
+            assert cluster.zones[1].entities.contains([me.entity_id])[0]
+            await cluster.kill(1)
+            killed = loop.time()
+            x0 = me.visible()[me.entity_id][1]
+            recovered = None
+            while loop.time() - killed < 30.0:
+                await me.send_input(1.0, 0.0)
+                await asyncio.sleep(0.05)
+                pos = me.visible().get(me.entity_id)
+                if pos is not None and pos[1] > x0 + 1.0:
+                    recovered = loop.time() - killed
+                    break
+            await asyncio.sleep(0.5)
+            live = sum(
+                len(z.entities) for i, z in enumerate(cluster.zones) if i not in cluster.dead
+            )
+            out = {
+                "failover_recovery_s": _r(recovered, 2),
+                "failover_entities_lost": total - live - cluster.in_flight(),
+                "failover_player_connected": not reader.done(),
+                "failover_lease_s": lease_s,
+                "failover_checkpoint_s": checkpoint_s,
+                "failovers": coord.failovers,
+            }
+            reader.cancel()
+    finally:
+        coord.stop()
+        await gw.stop()
+        cluster.stop()
+        await asyncio.gather(ticking, leading, return_exceptions=True)
+        await coord.close()
+        await cluster.close()
+    return out
+
+
+async def _drain_player(p: Any) -> None:
+    async for _ in p.snapshots():
+        pass
+
+
 def _worst(values: list[Any]) -> Any:
     present = [v for v in values if v is not None]
     return max(present) if present else None
@@ -1041,6 +1133,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="5000 NPCs, shorter limits (about 60 s)")
     ap.add_argument("--npcs", type=int, default=None, help="NPCs (default 20000; quick 5000)")
     ap.add_argument("--players", type=int, default=8, help="SDK players in the corner (8)")
+    ap.add_argument(
+        "--failover-lease", type=float, default=1.5, help="zone lease TTL in the failover case"
+    )
+    ap.add_argument(
+        "--failover-checkpoint",
+        type=float,
+        default=0.5,
+        help="seconds between checkpoints in the failover case",
+    )
     ap.add_argument("--side", type=float, default=1000.0, help="world side in metres (1000)")
     ap.add_argument(
         "--crowd-fraction", type=float, default=0.8, help="NPCs that join the crowd (0.8)"
@@ -1154,6 +1255,17 @@ def main() -> None:
     else:
         real_note = "skipped: pass --kafka URL and/or --redis URL (or set the env variables)"
 
+    _say("failover: a 2-zone world, zone z1 killed under a player")
+    failover = _run(
+        failover_case(
+            args.kafka or "memory://",
+            args.redis or "memory://",
+            1000 if q else 4000,
+            args.failover_lease,
+            args.failover_checkpoint,
+        )
+    )
+    _say(f"failover: {failover}")
     main_run = runs[variants[0]]
     every = [*runs.values(), *([real] if real is not None else [])]
     gap = _worst([r["max_snapshot_gap_ticks_during_move"] for r in every])
@@ -1181,8 +1293,7 @@ def main() -> None:
         "snapshot_gap_target_met": None if gap is None else bool(gap <= GAP_TARGET_TICKS),
         "entities_lost_any_run": sum(int(r["entities_lost"] or 0) for r in every),
         "players_disconnected_any_run": sum(int(r["players_disconnected"]) for r in every),
-        "failover_recovery_s": None,
-        "failover_note": "failover not implemented",
+        **failover,
         "tracking": (
             {k: runs["tracking"][k] for k in HEADLINE}
             if "tracking" in runs and variants[0] != "tracking"
