@@ -399,6 +399,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_how_to_join(gateway: Any, dev: bool) -> None:
+    if gateway is not None:
+        how = "no token needed (--dev)" if dev else "players need a token: shardworld token"
+        print(
+            f"shardworld: players connect to {gateway.url} ({how}).\n"
+            f"            try: .venv/bin/shardworld bots --url {gateway.url} --count 20"
+            f" --duration 60",
+            flush=True,
+        )
+    print("shardworld: Ctrl-C stops.", flush=True)
+
+
 def _runner() -> Any:
     try:
         import uvloop
@@ -446,15 +458,7 @@ async def _serve(
         f"{cfg.tick_hz:g} Hz ticks, {cfg.snapshot_hz:g} Hz snapshots.",
         flush=True,
     )
-    if gateway is not None:
-        how = "no token needed (--dev)" if args.dev else "players need a token: shardworld token"
-        print(
-            f"shardworld: players connect to {gateway.url} ({how}).\n"
-            f"            try: .venv/bin/shardworld bots --url {gateway.url} --count 20"
-            f" --duration 60",
-            flush=True,
-        )
-    print("shardworld: Ctrl-C stops.", flush=True)
+    _print_how_to_join(gateway, args.dev)
 
     stop = _stop_event()
     bots_proc: asyncio.subprocess.Process | None = None
@@ -1050,15 +1054,7 @@ async def _serve_sharded(
         f"            {cluster.cellmap.describe()}",
         flush=True,
     )
-    if gateway is not None:
-        how = "no token needed (--dev)" if args.dev else "players need a token: shardworld token"
-        print(
-            f"shardworld: players connect to {gateway.url} ({how}).\n"
-            f"            try: .venv/bin/shardworld bots --url {gateway.url} --count 20"
-            f" --duration 60",
-            flush=True,
-        )
-    print("shardworld: Ctrl-C stops.", flush=True)
+    _print_how_to_join(gateway, args.dev)
     stop = _stop_event()
     bots_proc = None
     if args.bots and gateway is not None:
