@@ -166,11 +166,7 @@ class Cluster:
         """Make zone ``index`` vanish as a SIGKILL would: no more ticks, heartbeats or lease
         renewals, nothing released (tests of failover)."""
         self.dead.add(index)
-        node = self.nodes[index]
-        node.zone.stop()
-        for t in node._tasks:
-            t.cancel()
-        node._closing = True
+        self.nodes[index].abandon()
         if self._runs:
             self._runs[index].cancel()
 

@@ -1063,6 +1063,14 @@ class ZoneNode:
 
     # --- for tests and tools ---------------------------------------------------------------
 
+    def abandon(self) -> None:
+        """Stop dead, as a killed process would: no more ticks, heartbeats or lease
+        renewals, nothing released or flushed (tests and benchmarks of failover)."""
+        self._closing = True
+        self.zone.stop()
+        for t in self._tasks:
+            t.cancel()
+
     async def wait_for_ownership_traffic(self, timeout: float) -> bool:
         """Until a handoff (or bounce) for this zone is ready to read, or ``timeout``."""
         if self._own is None:
