@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="draw a live density map (auto: only on an interactive terminal)",
     )
+    _add_metrics_args(run)
 
     zone = sub.add_parser(
         "zone",
@@ -149,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint-every", type=float, default=2.0, help="seconds between checkpoints"
     )
     zone.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
+    _add_metrics_args(zone)
 
     gw = sub.add_parser(
         "gateway",
@@ -168,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--dev", action="store_true", help="accept players without a token")
     gw.add_argument("--secret", default=None, help="token secret (default: $SHARDWORLD_SECRET)")
     gw.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
+    _add_metrics_args(gw)
 
     co = sub.add_parser(
         "coordinator",
@@ -196,6 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     co.add_argument("--lease-ttl", type=float, default=3.0, help="leader lease in seconds")
     co.add_argument("--no-rebalance", action="store_true", help="lead, but never move cells")
     co.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
+    _add_metrics_args(co)
     co.add_argument(
         "--high-water-ms",
         type=float,
@@ -293,6 +297,39 @@ def _add_world_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--world-name", help="topic prefix (default: the world's name); one per running world"
     )
+
+
+def _add_metrics_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (default 0: off)",
+    )
+    p.add_argument(
+        "--metrics-host", default="127.0.0.1", help="metrics address (default 127.0.0.1)"
+    )
+
+
+async def _start_metrics(args: argparse.Namespace, *collectors: Any) -> Any:
+    """A started /metrics server over ``collectors``, or None without --metrics-port."""
+    port = int(getattr(args, "metrics_port", 0) or 0)
+    if port <= 0:
+        return None
+    from shardworld.metrics import MetricsServer, Registry
+
+    registry = Registry()
+    for c in collectors:
+        registry.register(c)
+    server = MetricsServer(registry, args.metrics_host, port)
+    await server.start()
+    print(f"shardworld: Prometheus metrics on {server.url}", flush=True)
+    return server
+
+
+async def _stop_metrics(server: Any) -> None:
+    if server is not None:
+        await server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -459,6 +496,13 @@ async def _serve(
         flush=True,
     )
     _print_how_to_join(gateway, args.dev)
+    from shardworld.metrics import gateway_collector, zone_collector
+
+    metrics = await _start_metrics(
+        args,
+        zone_collector(zone, cfg.name),
+        *([gateway_collector(gateway, cfg.name)] if gateway is not None else []),
+    )
 
     stop = _stop_event()
     bots_proc: asyncio.subprocess.Process | None = None
@@ -526,6 +570,7 @@ async def _serve(
         t.cancel()
     await asyncio.gather(*side, return_exceptions=True)
     await asyncio.gather(run_task, stop_wait, return_exceptions=True)
+    await _stop_metrics(metrics)
     if run_task.done() and not run_task.cancelled() and run_task.exception():
         raise run_task.exception()  # type: ignore[misc]
     out_summary: dict[str, Any] = {"summary": "run", "world": cfg.name, **zone.stats.report()}
@@ -663,6 +708,9 @@ async def _serve_zone(world: Any, args: argparse.Namespace) -> int:
     )
     zone.warm_up()
     await node.start()
+    from shardworld.metrics import zone_collector
+
+    metrics = await _start_metrics(args, zone_collector(zone, name, node))
     stop = _stop_event()
     print(
         f"shardworld: zone {args.zone} of world {name!r} ({cellmap.describe()}); "
@@ -675,6 +723,7 @@ async def _serve_zone(world: Any, args: argparse.Namespace) -> int:
     )
     if not waiting.done():
         waiting.cancel()
+        await _stop_metrics(metrics)
         await node.close()
         await bus.close()
         if store is not None:
@@ -714,6 +763,7 @@ async def _serve_zone(world: Any, args: argparse.Namespace) -> int:
     await asyncio.gather(run_task, return_exceptions=True)
     for t in side:
         t.cancel()
+    await _stop_metrics(metrics)
     await node.close()
     await bus.close()
     if store is not None:
@@ -888,6 +938,9 @@ async def _serve_coordinator(world: Any, args: argparse.Namespace, config: Any) 
         scaling=ScalingSettings(args.start_timeout, args.retire_quiet, args.spare_idle),
     )
     await coord.start()
+    from shardworld.metrics import coordinator_collector
+
+    metrics = await _start_metrics(args, coordinator_collector(coord, name))
     print(
         f"shardworld: coordinator {node_id} of world {name!r} (bus {args.bus}, store "
         f"{args.store}); leads when it holds the lease. Ctrl-C stops.",
@@ -940,6 +993,7 @@ async def _serve_coordinator(world: Any, args: argparse.Namespace, config: Any) 
     for t in side:
         t.cancel()
     await asyncio.gather(task, *side, return_exceptions=True)
+    await _stop_metrics(metrics)
     await coord.close()
     summary = {"summary": "coordinator", **coord.status()}
     if provider is not None:
@@ -998,6 +1052,9 @@ async def _serve_gateway(world: Any, args: argparse.Namespace, secret: str) -> i
         port, GatewayConfig(host=args.host, port=args.port, dev=args.dev, secret=secret or None)
     )
     await gateway.start()
+    from shardworld.metrics import gateway_collector
+
+    metrics = await _start_metrics(args, gateway_collector(gateway, name, args.index))
     how = "no token needed (--dev)" if args.dev else "players need a token: shardworld token"
     print(
         f"shardworld: gateway {args.index} of world {name!r} on {args.bus}: "
@@ -1008,6 +1065,7 @@ async def _serve_gateway(world: Any, args: argparse.Namespace, secret: str) -> i
     if args.seconds > 0:
         asyncio.get_running_loop().call_later(args.seconds, stop.set)
     await stop.wait()
+    await _stop_metrics(metrics)
     await gateway.stop()
     await port.close()
     await bus.close()
@@ -1055,6 +1113,14 @@ async def _serve_sharded(
         flush=True,
     )
     _print_how_to_join(gateway, args.dev)
+    from shardworld.metrics import coordinator_collector, gateway_collector, zone_collector
+
+    metrics = await _start_metrics(
+        args,
+        *(zone_collector(n.zone, cluster.name, n) for n in cluster.nodes),
+        *([gateway_collector(gateway, cluster.name)] if gateway is not None else []),
+        *([coordinator_collector(coord, cluster.name)] if coord is not None else []),
+    )
     stop = _stop_event()
     bots_proc = None
     if args.bots and gateway is not None:
@@ -1109,6 +1175,7 @@ async def _serve_sharded(
         [run_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
     )
     stop.set()
+    await _stop_metrics(metrics)
     bots_summary = await _stop_bots(bots_proc)
     if gateway is not None:
         await gateway.stop()
