@@ -850,3 +850,29 @@ async def test_serving_never_compiles_a_new_frame_kernel_signature() -> None:
         c = await env.join(1)
         await c.until(lambda: len(c.ticks) >= 3, what="snapshots")
     assert len(encode_snapshot_frames.signatures) == before == 1
+
+
+async def test_the_gateway_serves_the_javascript_sdk_over_plain_http() -> None:
+    import urllib.request
+    from importlib import resources
+
+    want = (resources.files("shardworld") / "web" / "shardworld.js").read_text("utf-8")
+    async with running() as env:
+        http = env.gw.url.replace("ws://", "http://")
+
+        def fetch(path: str) -> tuple[int, str, str]:
+            try:
+                with urllib.request.urlopen(http + path, timeout=5) as r:
+                    return r.status, r.headers.get("Content-Type", ""), r.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, "", ""
+
+        status, ctype, body = await asyncio.to_thread(fetch, "/shardworld.js")
+        assert status == 200 and ctype.startswith("text/javascript") and body == want
+        assert "export async function connect" in body or "export function connect" in body
+        # Any other plain HTTP request still gets the WebSocket library's refusal.
+        status, _, _ = await asyncio.to_thread(fetch, "/other")
+        assert status == 426
+        # And players still connect on the same port.
+        c = await env.join(7)
+        assert c.welcome is not None

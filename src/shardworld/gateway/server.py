@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -21,6 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -63,6 +65,15 @@ ANONYMOUS_PLAYER_BASE = 1 << 52
 tokens may name, 1 .. 2**53 - 1, is left to real accounts)."""
 
 _FLAG_RESET = 0x01  # first byte of a snapshot payload (docs/snapshot-format.md)
+#: Where the gateway serves the JavaScript client SDK over plain HTTP.
+JS_SDK_PATH = "/shardworld.js"
+
+
+@functools.cache
+def _js_sdk() -> str:
+    return (resources.files("shardworld") / "web" / "shardworld.js").read_text("utf-8")
+
+
 #: A connection waiting for a full snapshot asks the world again after this long.
 RESYNC_RETRY_S = 0.5
 _BAD_KICKS = frozenset({ErrorCode.ABUSE, ErrorCode.SLOW_READER, ErrorCode.INTERNAL})
@@ -513,6 +524,15 @@ class Gateway:
     # --- connections ------------------------------------------------------------------------
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.split("?", 1)[0] == JS_SDK_PATH and "upgrade" not in {
+            v.lower() for v in request.headers.get_all("Connection")
+        }:
+            # The browser SDK, from the server the browser then connects to (docs/js-client.md).
+            resp = connection.respond(200, _js_sdk())
+            del resp.headers["Content-Type"]  # respond() says text/plain
+            resp.headers["Content-Type"] = "text/javascript; charset=utf-8"
+            resp.headers["Cache-Control"] = "no-cache"
+            return resp
         if self._stopping or len(self._conns) >= self.config.max_connections:
             self.rejected += 1
             return connection.respond(503, "server full\n")
