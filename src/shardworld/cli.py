@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("SHARDWORLD_LOG_FORMAT", "text"),
+        help="text lines, or one JSON object per line with the same fields everywhere "
+        "(default text, or $SHARDWORLD_LOG_FORMAT)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser(
@@ -345,10 +354,16 @@ def main(argv: list[str] | None = None) -> int:
 
         return token_main(argv[1:])
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    from shardworld.logs import configure_logging
+
+    path = getattr(args, "path", None)
+    configure_logging(
+        args.log_level,
+        args.log_format,
+        role=args.command,
+        world=getattr(args, "world_name", None) or (Path(path).name if path else None),
+        zone=getattr(args, "zone", None),
+        gateway=getattr(args, "index", None) if args.command == "gateway" else None,
     )
     if args.command == "warmup":
         return _warmup()
