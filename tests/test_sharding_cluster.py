@@ -456,3 +456,21 @@ async def test_ghosts_sent_as_changes_match_the_neighbours_entities_every_tick()
         assert bytes_idle < 2 * full_set + 19 * 64
     finally:
         await cluster.close()
+
+
+def test_a_snapshot_batch_selects_the_payloads_of_some_observers() -> None:
+    from shardworld.zone.sink import SnapshotBatch
+
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(0, 9, 12)
+    off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    buf = rng.integers(0, 256, int(off[-1])).astype(np.uint8)
+    ids = np.arange(100, 112, dtype=np.uint64)
+    batch = SnapshotBatch("z0", 7, ids, ids + 1, np.arange(12, dtype=np.uint32), buf, off)
+    keep = rng.random(12) < 0.5
+    sub = batch.select(keep)
+    kept = np.flatnonzero(keep)
+    assert sub.zone == "z0" and sub.tick == 7
+    assert list(sub.observer_ids) == list(ids[kept]) and list(sub.owners) == list(ids[kept] + 1)
+    assert [sub.payload(i) for i in range(len(sub))] == [batch.payload(i) for i in kept]
+    assert len(batch.select(np.zeros(12, np.bool_))) == 0

@@ -890,24 +890,8 @@ class ZoneNode:
         if np.all(gws == first):
             self._to_gateway(first, batch)
             return
-        lengths = np.diff(batch.off)
         for g in np.unique(gws).tolist():
-            sel = gws == g
-            byte_mask = np.repeat(sel, lengths)
-            off = np.zeros(int(sel.sum()) + 1, np.int64)
-            np.cumsum(lengths[sel], out=off[1:])
-            self._to_gateway(
-                int(g),
-                SnapshotBatch(
-                    zone=batch.zone,
-                    tick=batch.tick,
-                    observer_ids=batch.observer_ids[sel],
-                    owners=batch.owners[sel],
-                    input_acks=batch.input_acks[sel],
-                    buf=batch.buf[byte_mask],
-                    off=off,
-                ),
-            )
+            self._to_gateway(int(g), batch.select(gws == g))
 
     # --- lease, checkpoints, adoption (with a store) ------------------------------------------
 

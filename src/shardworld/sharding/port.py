@@ -216,19 +216,7 @@ class BusWorld:
         if not np.any(bad):
             return batch
         self.stale_snapshots += int(bad.sum())
-        keep = ~bad
-        lengths = np.diff(batch.off)
-        off = np.zeros(int(keep.sum()) + 1, np.int64)
-        np.cumsum(lengths[keep], out=off[1:])
-        return SnapshotBatch(
-            zone=batch.zone,
-            tick=batch.tick,
-            observer_ids=batch.observer_ids[keep],
-            owners=batch.owners[keep],
-            input_acks=batch.input_acks[keep],
-            buf=batch.buf[np.repeat(keep, lengths)],
-            off=off,
-        )
+        return batch.select(~bad)
 
     # --- sending ---------------------------------------------------------------------------
 

@@ -31,6 +31,21 @@ class SnapshotBatch:
     def payload(self, i: int) -> bytes:
         return self.buf[self.off[i] : self.off[i + 1]].tobytes()
 
+    def select(self, keep: npt.NDArray[np.bool_]) -> SnapshotBatch:
+        """The batch for the observers where ``keep`` is True (payloads copied out)."""
+        lengths = np.diff(self.off)
+        off = np.zeros(int(np.count_nonzero(keep)) + 1, np.int64)
+        np.cumsum(lengths[keep], out=off[1:])
+        return SnapshotBatch(
+            zone=self.zone,
+            tick=self.tick,
+            observer_ids=self.observer_ids[keep],
+            owners=self.owners[keep],
+            input_acks=self.input_acks[keep],
+            buf=self.buf[np.repeat(keep, lengths)],
+            off=off,
+        )
+
     @property
     def nbytes(self) -> int:
         return int(self.off[-1]) if self.off.shape[0] else 0
