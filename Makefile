@@ -14,7 +14,7 @@ SERVICES       := SHARDWORLD_KAFKA_PORT=$(TEST_KAFKA_PORT) SHARDWORLD_REDIS_PORT
 KAFKA_LIBS     := .cache/kafka/libs/.complete
 
 .PHONY: help install demo test lint typecheck unit bench bench-quick warmup clean \
-	kafka-libs services-up services-down kafka
+	kafka-libs services-up services-down kafka browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 16
@@ -49,10 +49,13 @@ unit: install  ## the pytest suite only (uses Kafka and Redis if services-up sta
 	$(BIN)/pytest -q
 
 # The services are stopped on every way out (pass, fail, Ctrl-C); pytest's exit status is kept.
-test: lint typecheck kafka-libs  ## everything CI runs: lint, types, then pytest with Kafka and Redis running
+test: lint typecheck kafka-libs browser  ## everything CI runs: lint, types, then pytest with Kafka and Redis running
 	SHARDWORLD_KAFKA_URL=kafka://127.0.0.1:$(TEST_KAFKA_PORT) \
 	SHARDWORLD_REDIS_URL=redis://127.0.0.1:$(TEST_REDIS_PORT)/0 \
 	$(SERVICES) with kafka redis -- $(BIN)/pytest -q
+
+browser:  ## Debian's Chromium for the browser tests (apt-get, once; needs root or sudo)
+	@command -v chromium >/dev/null 2>&1 || scripts/install-chromium.sh
 
 kafka-libs: $(KAFKA_LIBS)  ## fetch the Kafka broker jars from Maven Central into .cache/kafka/libs (once)
 

@@ -8,8 +8,11 @@ skip with the reason, except under ``CI=true``, where a missing service is a fai
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +73,50 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
         forget_memory_store(name)
     else:
         yield request.getfixturevalue("redis_url")
+
+
+# Debian's Chromium, driven by Playwright (no browser download: `make browser` installs it).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
+
+
+def chromium_path() -> str:
+    """Path of the Chromium binary, or skip (fail under CI=true) when there is none."""
+    found = os.environ.get("SHARDWORLD_CHROMIUM") or shutil.which("chromium")
+    if found:
+        return found
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail("CI=true but chromium is missing: `make browser` installs it", pytrace=False)
+    pytest.skip("chromium is not installed: run `make browser` (apt-get install chromium)")
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Chromium (Playwright's sync API); use it from plain ``def`` tests only.
+
+    Screenshots worth keeping go to ``artifacts`` (the repository's ``.artifacts/``).
+    """
+    path = chromium_path()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    """Folder for test artifacts (screenshots); kept after the run, ignored by git."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
