@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from shardworld.bus import Bus, BusError, Subscription
 from shardworld.coordinator.elastic import ElasticPlanner, ScalingSettings
+from shardworld.coordinator.mapview import MapView
 from shardworld.coordinator.provider import NodeProvider, ProviderError
 from shardworld.sharding import wire
 from shardworld.sharding.cellmap import CellMap
@@ -138,6 +139,8 @@ class Coordinator:
         self.zones_started = 0
         self.zones_stopped = 0
         self.peak_zones = _zones_with_cells(initial)
+        #: The live map (docs/map.md), fed once per round and with every audit event.
+        self.view: MapView | None = None
 
     @property
     def leader(self) -> bool:
@@ -174,6 +177,7 @@ class Coordinator:
                 # An unreachable store: a leader that cannot renew must assume it lost.
                 log.error("coordinator %s: store unavailable: %s", self.node_id, exc)
                 self.lease = None
+            self.update_view()
             await asyncio.sleep(max(0.0, self.period_s - (loop.time() - started)))
 
     # --- one round -------------------------------------------------------------------------
@@ -410,7 +414,17 @@ class Coordinator:
         except BusError as exc:
             log.error("coordinator %s: cannot announce map %d: %s", self.node_id, cm.epoch, exc)
 
+    def update_view(self) -> None:
+        """Rebuild the live map's state (if there is a view); never raises."""
+        if self.view is not None:
+            try:
+                self.view.update(self)
+            except Exception:
+                log.exception("coordinator %s: the live map failed to update", self.node_id)
+
     async def _event(self, data: dict[str, Any]) -> None:
+        if self.view is not None:
+            self.view.add_event({"time": self.clock(), **data})
         try:
             await self.store.append_event({"time": self.clock(), **data})
         except StoreError as exc:
