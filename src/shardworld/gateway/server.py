@@ -67,11 +67,36 @@ tokens may name, 1 .. 2**53 - 1, is left to real accounts)."""
 _FLAG_RESET = 0x01  # first byte of a snapshot payload (docs/snapshot-format.md)
 #: Where the gateway serves the JavaScript client SDK over plain HTTP.
 JS_SDK_PATH = "/shardworld.js"
+_JS = "text/javascript; charset=utf-8"
+_HTML = "text/html; charset=utf-8"
+#: The only plain-HTTP GETs the gateway answers: path -> (file in shardworld/web, type).
+#: The browser game (docs/play.md) is at ``/`` and ``/play``.
+WEB_FILES: dict[str, tuple[str, str]] = {
+    JS_SDK_PATH: ("shardworld.js", _JS),
+    "/play.js": ("play.js", _JS),
+    "/": ("play.html", _HTML),
+    "/play": ("play.html", _HTML),
+}
+# The page loads nothing but its own scripts and talks only to this server's WebSocket.
+_PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
+    "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 @functools.cache
-def _js_sdk() -> str:
-    return (resources.files("shardworld") / "web" / "shardworld.js").read_text("utf-8")
+def _web_file(name: str) -> str:
+    return (resources.files("shardworld") / "web" / name).read_text("utf-8")
+
+
+def _wants_upgrade(request: Request) -> bool:
+    # Connection is a list ("keep-alive, Upgrade" from some browsers), and "/" is also where
+    # players connect: only a request without the upgrade token gets a file.
+    return any(
+        t.strip().lower() == "upgrade"
+        for v in request.headers.get_all("Connection")
+        for t in v.split(",")
+    )
 
 
 #: A connection waiting for a full snapshot asks the world again after this long.
@@ -524,14 +549,19 @@ class Gateway:
     # --- connections ------------------------------------------------------------------------
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0] == JS_SDK_PATH and "upgrade" not in {
-            v.lower() for v in request.headers.get_all("Connection")
-        }:
-            # The browser SDK, from the server the browser then connects to (docs/js-client.md).
-            resp = connection.respond(200, _js_sdk())
+        web = WEB_FILES.get(request.path.split("?", 1)[0])
+        if web is not None and not _wants_upgrade(request):
+            # The browser SDK and game, from the server the browser then connects to
+            # (docs/js-client.md, docs/play.md).
+            name, ctype = web
+            resp = connection.respond(200, _web_file(name))
             del resp.headers["Content-Type"]  # respond() says text/plain
-            resp.headers["Content-Type"] = "text/javascript; charset=utf-8"
+            resp.headers["Content-Type"] = ctype
             resp.headers["Cache-Control"] = "no-cache"
+            resp.headers["X-Content-Type-Options"] = "nosniff"
+            if ctype == _HTML:
+                resp.headers["Content-Security-Policy"] = _PAGE_POLICY
+                resp.headers["Referrer-Policy"] = "no-referrer"  # ?token= stays here
             return resp
         if self._stopping or len(self._conns) >= self.config.max_connections:
             self.rejected += 1
