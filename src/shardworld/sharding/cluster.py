@@ -86,6 +86,9 @@ class Cluster:
         cell_size: cell edge in metres (default: world.toml).
         gateway: also open a gateway port (index 0) on the bus.
         clock: the zones' clock (tests pass a manual one).
+        store_url: the world's store: zone leases, checkpoints and player records.
+        player_store: a started store for player records only (when ``store_url`` is not
+            given; the caller closes it).
         changes: ZoneConfig settings to override in every zone.
     """
 
@@ -101,6 +104,7 @@ class Cluster:
         store_url: str | None = None,
         lease_ttl_s: float = 3.0,
         checkpoint_every_s: float = 2.0,
+        player_store: Store | None = None,
         **changes: Any,
     ) -> None:
         self.world = world
@@ -114,6 +118,7 @@ class Cluster:
         ]
         self.bus: Bus = open_bus(bus_url)
         self.store: Store | None = open_store(store_url, self.name) if store_url else None
+        self.player_store = player_store
         self.lease_ttl_s = lease_ttl_s
         self.checkpoint_every_s = checkpoint_every_s
         self.dead: set[int] = set()
@@ -131,6 +136,9 @@ class Cluster:
         await self.bus.start()
         if self.store is not None:
             await self.store.start()
+        records = self.store if self.store is not None else self.player_store
+        if records is not None:
+            self.use_player_store(records)
         for z in self.zones:
             node = ZoneNode(
                 z,
@@ -155,6 +163,12 @@ class Cluster:
             self.bus_url,
             self.cellmap.describe(),
         )
+
+    def use_player_store(self, store: Store) -> None:
+        """Keep the players' ``persistent`` fields in ``store`` (a started store), in every
+        zone; before the zones tick."""
+        for z in self.zones:
+            z.use_store(store)
 
     def step(self) -> None:
         """One tick of every zone, in order (tests and tools; the real loop is :meth:`run`)."""

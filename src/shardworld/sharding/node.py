@@ -32,6 +32,7 @@ from shardworld.entities.schema import Scope
 from shardworld.sharding import wire
 from shardworld.sharding.cellmap import CellMap
 from shardworld.store import Lease, Store, StoreError
+from shardworld.zone.persistence import LoadResult
 from shardworld.zone.sink import SnapshotBatch
 from shardworld.zone.zone import Q_LAST, SHADOW, Zone
 
@@ -187,6 +188,8 @@ class ZoneNode:
         self._sent: dict[int, tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint8]]] = {}
         self._zones_ready: set[int] = set()
         self._control: Subscription | None = None
+        #: JOINs waiting for the player's record (with a store for player records).
+        self._joining: list[tuple[wire.Join, asyncio.Future[LoadResult]]] = []
 
         schema = zone.schema
         self._row_dtype = schema.row_dtype()
@@ -329,6 +332,8 @@ class ZoneNode:
                 await sub.close()
         if self._saving is not None:
             await asyncio.wait([self._saving], timeout=5.0)
+        if self.zone.players is not None:
+            await self.zone.players.close(timeout=5.0)
         tasks, self._tasks = self._tasks, []
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=2.0)
@@ -473,6 +478,8 @@ class ZoneNode:
             # A dead zone's topics, now ours: its late handoffs, its players' inputs.
             for rec in sub.poll():
                 self._dispatch(rec.value)
+        if self._joining:
+            self._finish_joins()
         self._expire(zone.tick)
 
     def _dispatch(self, data: bytes) -> None:
@@ -565,12 +572,34 @@ class ZoneNode:
         zone = self.zone
         if msg.entity is not None and self._forwarded(msg.entity, msg):
             return
+        resume = msg.entity is not None and zone.entities.rows_of([msg.entity])[0] >= 0
+        if zone.players is not None and not resume:
+            # The record loads in the background; the join happens on the first tick after
+            # it is in (or failed: then the player joins fresh), before the entity can walk
+            # into another zone.
+            self._joining.append((msg, zone.players.load(msg.player)))
+            return
+        self._join(msg, None)
+
+    def _finish_joins(self) -> None:
+        waiting: list[tuple[wire.Join, asyncio.Future[LoadResult]]] = []
+        for msg, fut in self._joining:
+            if not fut.done():
+                waiting.append((msg, fut))
+            elif fut.cancelled():
+                self._join(msg, LoadResult(msg.player, None, failed=True))
+            else:
+                self._join(msg, fut.result())
+        self._joining = waiting
+
+    def _join(self, msg: wire.Join, loaded: LoadResult | None) -> None:
+        zone = self.zone
         try:
             if msg.entity is not None and zone.entities.rows_of([msg.entity])[0] >= 0:
                 zone.entities.set([msg.entity], gateway=msg.gateway)
                 reply = wire.Joined(msg.request, msg.entity, True, self.index)
             else:
-                eid = zone.join_player(msg.player)
+                eid = zone.join_player(msg.player, loaded=loaded)
                 zone.entities.set([eid], gateway=msg.gateway)
                 reply = wire.Joined(msg.request, eid, False, self.index)
                 self.stats.joins += 1
@@ -931,6 +960,8 @@ class ZoneNode:
                 log.error("zone %s lost its lease: it stops simulating (fenced)", self.name)
                 self.lease = None
                 self.fenced = True
+                if self.zone.players is not None:
+                    self.zone.players.halt()  # its players are someone else's now
                 self.zone.stop()
                 return
             self.lease = renewed
@@ -1052,6 +1083,8 @@ class ZoneNode:
         renewals, nothing released or flushed (tests and benchmarks of failover)."""
         self._closing = True
         self.zone.stop()
+        if self.zone.players is not None:
+            self.zone.players.halt()
         for t in self._tasks:
             t.cancel()
 

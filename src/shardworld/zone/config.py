@@ -20,6 +20,7 @@ _FLOAT_SETTINGS = (
     "obstacle_cell",
     "player_speed",
     "player_accel",
+    "persist_every_s",
 )
 _INT_SETTINGS = ("zone_tag", "k_max", "capacity", "input_queue", "max_catchup_ticks", "seed")
 
@@ -53,6 +54,9 @@ class ZoneConfig:
     player_speed: float = 6.0
     player_accel: float = 40.0
     seed: int = 0
+    persist_every_s: float = 30.0
+    """Seconds of simulation time between saves of every player's ``persistent`` fields
+    (with a store); 0 saves only when a player leaves."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -104,6 +108,8 @@ class ZoneConfig:
             raise ConfigError("input_queue and capacity must be >= 1, max_catchup_ticks >= 0")
         if self.obstacle_cell <= 0:
             raise ConfigError("obstacle_cell must be > 0")
+        if not (math.isfinite(self.persist_every_s) and self.persist_every_s >= 0):
+            raise ConfigError(f"persist_every_s {self.persist_every_s}: must be >= 0")
         for rect in self.obstacles:
             if len(rect) != 4 or not all(math.isfinite(v) for v in rect):
                 raise ConfigError(f"obstacle {rect}: need [x0, y0, x1, y1]")

@@ -70,9 +70,13 @@ class ZoneHandler:
     """Override the hooks your world needs; every default does nothing.
 
     ``fields`` are the world's own component fields, added after the built-in ones.
+    ``persistent`` names the fields saved per player in the store (loaded on join, saved on
+    leave and every ``persist_every_s``). Methods decorated with
+    :func:`shardworld.zone.timers.every` run periodically in every zone.
     """
 
     fields: tuple[Field, ...] = ()
+    persistent: tuple[str, ...] = ()
 
     def on_start(self, world: Zone) -> None:
         """Called once before the first tick: spawn the world's NPCs, load data."""
@@ -86,7 +90,19 @@ class ZoneHandler:
         return world.spawn_player(player_id, (float(pos[0]), float(pos[1])))
 
     def on_leave(self, world: Zone, entity_id: int) -> None:
-        """A player's entity is about to be removed (its linger period is over)."""
+        """A player's entity is about to be removed (its linger period is over).
+
+        Its ``persistent`` fields are saved after this returns.
+        """
+
+    def on_player_loaded(self, world: Zone, entity_id: int, record: dict[str, Any]) -> None:
+        """A returning player's saved fields were just applied to ``entity_id``.
+
+        ``record`` is the saved record: ``{field: value}`` as plain Python values (lists for
+        fields with a shape), plus ``"_v"`` (record format) and ``"_tick"`` (when it was
+        saved). Runs once per join, only when a record was found; use it to derive state
+        that is not saved itself, or to migrate records of an older layout.
+        """
 
     def on_messages(self, world: Zone, tick: int, messages: list[PlayerMessage]) -> None:
         """The custom messages players sent since the last tick, in arrival order.

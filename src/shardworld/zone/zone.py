@@ -4,11 +4,15 @@ The order of one tick (see docs/architecture.md):
 
 1. drain inputs (bounded buffer, counted overflow) and apply them in one kernel call
 2. integrate motion (intents, NPC targets, bounds, static obstacles)
-3. the studio's ``on_tick`` (its systems, over whole columns)
-4. on snapshot ticks: quantise positions, detect changed fields, interest (owned and ghost
+3. the studio's ``on_messages`` then ``on_tick`` (its systems, over whole columns)
+4. timers: the handler's ``@every`` methods (in declaration order), then the one-shots of
+   ``after`` that are due (in due order); then, with a store, the periodic copy of the
+   players' ``persistent`` fields for saving (written in the background)
+5. in a sharded world: handoffs of entities that left the region, ghosts to the neighbours
+6. on snapshot ticks: quantise positions, detect changed fields, interest (owned and ghost
    entities alike), diff against the last snapshot, encode one payload per observer into one
    buffer, hand the batch to the sink
-5. record timings
+7. record timings
 
 :meth:`Zone.step` runs one tick synchronously (tests, benchmarks); :meth:`Zone.run` runs the
 fixed-rate loop on an injected clock.
@@ -22,7 +26,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -38,8 +42,18 @@ from shardworld.kernels.visibility import diff_visibility
 from shardworld.zone.clock import Clock, LoopClock
 from shardworld.zone.config import ZoneConfig
 from shardworld.zone.handler import InputBatch, PlayerMessage, ZoneHandler
+from shardworld.zone.persistence import (
+    LoadResult,
+    PlayerPersistence,
+    check_persistent,
+    internal_fields,
+)
 from shardworld.zone.sink import NullSink, SnapshotBatch, SnapshotSink
 from shardworld.zone.stats import PHASES, ZoneStats
+from shardworld.zone.timers import Timer, TimerCallback, ZoneTimers, due_rows, seconds_to_ticks
+
+if TYPE_CHECKING:
+    from shardworld.store.base import Store
 
 log = logging.getLogger("shardworld.zone")
 
@@ -69,9 +83,13 @@ class ZoneLink(Protocol):
 _SPAWN_HEADER_FIELDS = ("pos", "kind")
 
 
-def build_schema(handler_fields: tuple[Field, ...] | list[Field]) -> Schema:
-    """The zone's full schema: built-ins, the world's fields, then replication bookkeeping."""
-    base = Schema.default().extend(*handler_fields)
+def build_schema(
+    handler_fields: tuple[Field, ...] | list[Field],
+    persistent: tuple[str, ...] | list[str] = (),
+) -> Schema:
+    """The zone's full schema: built-ins, the world's fields, then bookkeeping (replication,
+    and the player-record state when the world has ``persistent`` fields)."""
+    base = Schema.default().extend(*handler_fields, *internal_fields(persistent))
     pub = base.select([Scope.PUBLIC], exclude=_SPAWN_HEADER_FIELDS)
     own = base.select([Scope.OWNER])
     width = sum(f.nbytes for f in pub) + sum(f.nbytes for f in own)
@@ -189,7 +207,12 @@ class Zone:
         self.sink: SnapshotSink = sink or NullSink()
         self.clock: Clock = clock or LoopClock()
         self.timer = timer
-        self.schema = build_schema(self.handler.fields)
+        self.schema = build_schema(self.handler.fields, self.handler.persistent)
+        # A typo in ``persistent`` fails here, not the first time a player leaves.
+        check_persistent(self.schema, self.handler.persistent)
+        self.timers = ZoneTimers(self.handler, config.tick_hz)
+        #: The player records (see :meth:`use_store`); None: nothing is loaded or saved.
+        self.players: PlayerPersistence | None = None
         self.entities = EntityStore(
             self.schema, config.capacity, IdAllocator(config.zone_tag, capacity=config.capacity)
         )
@@ -263,18 +286,63 @@ class Zone:
         ids = self.spawn(1, pos=pos, owner=owner, kind=kind, mode=MODE_PLAYER, observer=1)
         return int(ids[0])
 
-    def join_player(self, player_id: int) -> int:
-        """A player joins: the handler's ``on_join`` spawns its entity; returns the id."""
+    def join_player(self, player_id: int, *, loaded: LoadResult | None = None) -> int:
+        """A player joins: the handler's ``on_join`` spawns its entity; returns the id.
+
+        With a store (:meth:`use_store`), the player's saved fields are applied right after
+        ``on_join`` returns: from ``loaded`` when the caller loaded them first (a sharded
+        zone does), else as soon as the record arrives (before the next tick).
+        """
         if not self._started:
             self.warm_up()
-        return int(self.handler.on_join(self, player_id))
+        eid = int(self.handler.on_join(self, player_id))
+        if self.players is not None:
+            self.players.joined(eid, player_id, loaded)
+        return eid
 
     def leave_player(self, entity_id: int) -> None:
-        """A player leaves for good: ``on_leave``, then its entity is removed."""
+        """A player leaves for good: ``on_leave``, its record is saved, its entity removed."""
         if self.entities.rows_of([entity_id])[0] < 0:
             return
         self.handler.on_leave(self, entity_id)
+        if self.players is not None:
+            self.players.leaving(entity_id)
         self.entities.despawn([entity_id])
+
+    def use_store(self, store: Store, **options: Any) -> PlayerPersistence | None:
+        """Load and save the players' ``persistent`` fields in ``store`` (a started store).
+
+        Does nothing (returns None) when the handler has no persistent fields. ``options``
+        go to :class:`~shardworld.zone.persistence.PlayerPersistence` (timeouts, batch size).
+        """
+        if not self.handler.persistent:
+            return None
+        self.players = PlayerPersistence(self, store, **options)
+        return self.players
+
+    # --- time: ticks, timers, deadlines ----------------------------------------------------
+
+    def ticks(self, seconds: float) -> int:
+        """``seconds`` as a whole number of ticks at this zone's tick rate."""
+        return seconds_to_ticks(seconds, self.config.tick_hz)
+
+    def after(self, seconds: float, callback: TimerCallback) -> Timer:
+        """Run ``callback(world, tick)`` once, at the first tick ``seconds`` from now (at
+        least the next tick). Zone-local: for a deadline that must follow an entity into
+        another zone, keep a tick number in a field and use :meth:`due`."""
+        return self.timers.after(self.tick, seconds, callback)
+
+    def due(self, name: str) -> npt.NDArray[np.int32]:
+        """Rows of ``world.entities`` whose deadline in field ``name`` has come.
+
+        The field (int64) holds a tick number, 0 for none: set it to
+        ``world.tick + world.ticks(seconds)``. Returns the rows whose deadline is at or
+        before this tick and sets their deadline to 0, so each deadline is reported once.
+        Rows are valid until the next spawn or despawn.
+        """
+        if self.schema.get(name) is None:
+            raise KeyError(f"due(): no field {name!r} in this world")
+        return due_rows(self.entities[name], self.tick)
 
     def post_message(self, entity_id: int, kind: str, body: Any) -> bool:
         """Queue a player's custom message for the next tick's ``on_messages``.
@@ -412,6 +480,9 @@ class Zone:
             self._messages.clear()
             self.handler.on_messages(self, self.tick, messages)
         self.handler.on_tick(self, self.tick, batch)
+        self.timers.run(self, self.tick)
+        if self.players is not None:
+            self.players.tick(self.tick)
         t3 = timer()
         phases[2] = t3 - t2
         if link is not None:
@@ -663,3 +734,14 @@ class Zone:
             if clock.now() >= deadline:
                 await asyncio.sleep(0)
         self.handler.on_stop(self)
+        await self.save_players()
+
+    async def save_players(self, timeout: float = 10.0) -> bool:
+        """Save every player this zone owns now and wait for the store (a graceful stop).
+
+        True when everything queued was written or failed in time (always True without a
+        store)."""
+        if self.players is None:
+            return True
+        self.players.save_all()
+        return await self.players.flush(timeout)
