@@ -719,3 +719,33 @@ def test_docs_and_dashboard_cover_the_metrics() -> None:
     for want in ("p99", "entities", "handoffs", "ghost bytes", "players", "frames", "errors",
                  "leader", "map epoch"):  # fmt: skip
         assert want in titles, want
+
+
+async def test_player_record_metrics_match_persistence_stats() -> None:
+    from shardworld.entities import Field, Scope
+    from shardworld.store.memory import MemoryStore
+    from shardworld.zone import ZoneHandler
+
+    class Saver(ZoneHandler):
+        fields = (Field("xp", np.uint32, scope=Scope.OWNER),)
+        persistent = ("xp",)
+
+    store = MemoryStore(f"metrics-players-{os.getpid()}", "w")
+    await store.start()
+    zone = Zone(ZoneConfig(name="p", world=(0.0, 0.0, 100.0, 100.0)), Saver())
+    zone.use_store(store)
+    lab = {"world": "w", "zone": "p"}
+    assert zone.players is not None
+    for pid in (11, 12, 13):
+        loaded = await zone.players.load(pid)
+        assert loaded.record is None and not loaded.failed
+        zone.join_player(pid, loaded=loaded)
+    zone.leave_player(int(zone.entities.live_ids()[0]))
+    await zone.save_players()
+    fams = _scrape(zone_collector(zone, "w"))
+    ps = zone.players.stats
+    assert value(fams, "shardworld_zone_player_loads_total", **lab) == ps.loads == 3
+    assert value(fams, "shardworld_zone_player_saves_total", **lab) == ps.saves >= 1
+    assert value(fams, "shardworld_zone_player_load_failures_total", **lab) == 0
+    assert value(fams, "shardworld_zone_player_saves_queued", **lab) == ps.queued == 0
+    await store.close()

@@ -357,6 +357,22 @@ def zone_collector(zone: Zone, world: str, node: ZoneNode | None = None) -> Coll
               zone.inputs.count)  # fmt: skip
         counter("shardworld_zone_messages_dropped_total", "Player messages dropped (queue full).",
                 zone.messages_dropped)  # fmt: skip
+        players = zone.players
+        if players is not None:
+            ps = players.stats
+            counter("shardworld_zone_player_loads_total", "Player records looked up at join.",
+                    ps.loads)  # fmt: skip
+            counter("shardworld_zone_player_load_failures_total",
+                    "Player record loads that failed (the player joined fresh).",
+                    ps.load_failures)  # fmt: skip
+            counter("shardworld_zone_player_saves_total", "Player records saved.", ps.saves)
+            counter("shardworld_zone_player_save_failures_total",
+                    "Player record saves that failed.", ps.save_failures)  # fmt: skip
+            counter("shardworld_zone_player_save_rounds_skipped_total",
+                    "Periodic save rounds skipped because the last one was still writing.",
+                    ps.save_rounds_skipped)  # fmt: skip
+            gauge("shardworld_zone_player_saves_queued", "Player records waiting to be written.",
+                  ps.queued)  # fmt: skip
         if node is not None:
             fams += _node_families(node, lab)
         return fams
