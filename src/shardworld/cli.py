@@ -30,7 +30,10 @@ Commands:
                watch the zones' load and move cells between them (leader or standby)
   bots         drive N simulated players against a running gateway
   token        issue a signed, expiring player token
+  plan         size a world: zone and gateway processes, cores and machines for N players
   warmup       compile every numba kernel into the on-disk cache (done once per machine)
+  new NAME     create a new world folder to start from, e.g. `shardworld new meadow`
+               (zones/meadow/: world.toml, handler.py, test_world.py, README.md)
 
 Run `shardworld COMMAND --help` for the options of each command.
 """
@@ -114,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--store",
         default="memory://",
-        help="the coordinator's store: memory:// (default) or redis://HOST:PORT/DB",
+        help="the world's store (coordinator state, player records): memory:// (default) or "
+        "redis://HOST:PORT/DB",
     )
     run.add_argument(
         "--no-coordinator",
@@ -128,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
         help="draw a live density map (auto: only on an interactive terminal)",
     )
     _add_metrics_args(run)
+    _add_map_args(
+        run,
+        f"serve the live world map on http://HOST:PORT/map (default {DEFAULT_MAP_PORT} when "
+        "the world has a coordinator, i.e. several zones; 0: off)",
+    )
 
     zone = sub.add_parser(
         "zone",
@@ -150,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     zone.add_argument(
         "--store",
         help="the coordinator's store (redis://HOST:PORT/DB): start from its current cell map, "
-        "hold a lease there and checkpoint to it (failover needs this)",
+        "hold a lease there and checkpoint to it (failover needs this); player records",
     )
     zone.add_argument(
         "--lease-ttl", type=float, default=3.0, help="seconds a silent zone keeps its cells"
@@ -209,6 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     co.add_argument("--no-rebalance", action="store_true", help="lead, but never move cells")
     co.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
     _add_metrics_args(co)
+    _add_map_args(co, "serve the live world map on http://HOST:PORT/map (default 0: off)")
     co.add_argument(
         "--high-water-ms",
         type=float,
@@ -287,10 +297,18 @@ def _parser() -> argparse.ArgumentParser:
         "token", help="issue a player token (see `shardworld token --help`)", add_help=False
     )
     sub.add_parser(
+        "plan",
+        help="size a world for N players (see `shardworld plan --help`)",
+        add_help=False,
+    )
+    sub.add_parser(
         "warmup",
         help="compile and cache every kernel",
         description="Compile every numba kernel into the on-disk cache; report how long it took.",
     )
+    from shardworld.scaffold import add_parser as add_new_parser
+
+    add_new_parser(sub)
     return p
 
 
@@ -341,10 +359,42 @@ async def _stop_metrics(server: Any) -> None:
         await server.stop()
 
 
+DEFAULT_MAP_PORT = 7780
+"""Where `shardworld run` serves the live map of a world with a coordinator."""
+
+
+def _add_map_args(p: argparse.ArgumentParser, port_help: str) -> None:
+    p.add_argument("--map-port", type=int, default=None, help=port_help)
+    p.add_argument("--map-host", default="127.0.0.1", help="map address (default 127.0.0.1)")
+
+
+async def _start_map(coord: Any, args: argparse.Namespace, tick_hz: float, default: int) -> Any:
+    """A started live map server fed by ``coord``, or None (--map-port 0). A busy default
+    port only warns: the world runs without its map."""
+    from shardworld.coordinator.mapview import MapServer, MapView
+
+    port = default if args.map_port is None else int(args.map_port)
+    if port <= 0:
+        return None
+    view = MapView(tick_hz=tick_hz, stale_after_s=coord.stale_after_s)
+    coord.view = view
+    coord.update_view()
+    server = MapServer(view, args.map_host, port)
+    try:
+        await server.start()
+    except OSError as exc:
+        if args.map_port is not None:
+            raise
+        coord.view = None
+        log.warning("live map not served on port %d (%s); --map-port picks another", port, exc)
+        return None
+    return server
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``shardworld`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # `bots` and `token` own their whole argument list (and their --help).
+    # `bots`, `token` and `plan` own their whole argument list (and their --help).
     if argv and argv[0] == "bots":
         from shardworld.client.bots import bots_main
 
@@ -353,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         from shardworld.gateway.auth import token_main
 
         return token_main(argv[1:])
+    if argv and argv[0] == "plan":
+        from shardworld.capacity import plan_main
+
+        return plan_main(argv[1:])
     args = _parser().parse_args(argv)
     from shardworld.logs import configure_logging
 
@@ -367,7 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "warmup":
         return _warmup()
-    if args.command in ("bots", "token"):
+    if args.command == "new":
+        from shardworld.scaffold import new_main
+
+        return new_main(args)
+    if args.command in ("bots", "token", "plan"):
         raise AssertionError("handled before parsing")  # pragma: no cover
     if args.command == "run":
         return _run(args)
@@ -480,6 +538,7 @@ async def _serve(
 
     zone.warm_up()
     cfg = zone.config
+    store = await _player_store(zone, args.store, cfg.name)
     players = int(args.players)
     rng = np.random.default_rng(1)
     if players:
@@ -586,6 +645,8 @@ async def _serve(
     await asyncio.gather(*side, return_exceptions=True)
     await asyncio.gather(run_task, stop_wait, return_exceptions=True)
     await _stop_metrics(metrics)
+    if store is not None:
+        await store.close()  # after the zone's last save (the end of zone.run)
     if run_task.done() and not run_task.cancelled() and run_task.exception():
         raise run_task.exception()  # type: ignore[misc]
     out_summary: dict[str, Any] = {"summary": "run", "world": cfg.name, **zone.stats.report()}
@@ -594,6 +655,18 @@ async def _serve(
     if bots_summary is not None:
         out_summary["bots"] = bots_summary
     return out_summary
+
+
+async def _player_store(zone: Any, url: str | None, world: str) -> Any:
+    """Open ``url`` and keep the zone's player records there, if its world has any."""
+    if not url or not zone.handler.persistent:
+        return None
+    from shardworld.store import open_store
+
+    store = open_store(url, world)
+    await store.start()
+    zone.use_store(store)
+    return store
 
 
 async def _start_bots(
@@ -721,6 +794,8 @@ async def _serve_zone(world: Any, args: argparse.Namespace) -> int:
         lease_ttl_s=args.lease_ttl,
         checkpoint_every_s=args.checkpoint_every,
     )
+    if store is not None:
+        zone.use_store(store)  # player records, if the world has persistent fields
     zone.warm_up()
     await node.start()
     from shardworld.metrics import zone_collector
@@ -956,11 +1031,14 @@ async def _serve_coordinator(world: Any, args: argparse.Namespace, config: Any) 
     from shardworld.metrics import coordinator_collector
 
     metrics = await _start_metrics(args, coordinator_collector(coord, name))
+    map_server = await _start_map(coord, args, world.config.tick_hz, 0)
     print(
         f"shardworld: coordinator {node_id} of world {name!r} (bus {args.bus}, store "
         f"{args.store}); leads when it holds the lease. Ctrl-C stops.",
         flush=True,
     )
+    if map_server is not None:
+        print(f"shardworld: live world map on {map_server.url}", flush=True)
     stop = _stop_event()
     if args.seconds > 0:
         asyncio.get_running_loop().call_later(args.seconds, stop.set)
@@ -1009,6 +1087,8 @@ async def _serve_coordinator(world: Any, args: argparse.Namespace, config: Any) 
         t.cancel()
     await asyncio.gather(task, *side, return_exceptions=True)
     await _stop_metrics(metrics)
+    if map_server is not None:
+        await map_server.stop()
     await coord.close()
     summary = {"summary": "coordinator", **coord.status()}
     if provider is not None:
@@ -1097,9 +1177,8 @@ async def _serve_sharded(
     cluster = Cluster(world, zones=zones, bus_url=args.bus, gateway=not args.no_gateway)
     await cluster.start()
     coord = None
-    if not args.no_coordinator:
-        from shardworld.coordinator.coordinator import Coordinator
-        from shardworld.coordinator.planner import RebalancingPlanner
+    store = None
+    if not args.no_coordinator or cluster.zones[0].handler.persistent:
         from shardworld.store import open_store
 
         store_url = args.store
@@ -1107,10 +1186,19 @@ async def _serve_sharded(
             store_url = f"memory://{cluster.name}-{id(cluster):x}"
         store = open_store(store_url, cluster.name)
         await store.start()
+        cluster.use_player_store(store)  # player records, if the world has persistent fields
+    if not args.no_coordinator:
+        from shardworld.coordinator.coordinator import Coordinator
+        from shardworld.coordinator.planner import RebalancingPlanner
+
+        assert store is not None
         coord = Coordinator(
             cluster.bus, store, cluster.name, cluster.cellmap, "run", RebalancingPlanner()
         )
         await coord.start()
+    map_server = None
+    if coord is not None:
+        map_server = await _start_map(coord, args, world.config.tick_hz, DEFAULT_MAP_PORT)
     gateway = None
     if cluster.port is not None:
         from shardworld.gateway import Gateway, GatewayConfig
@@ -1127,6 +1215,8 @@ async def _serve_sharded(
         f"            {cluster.cellmap.describe()}",
         flush=True,
     )
+    if map_server is not None:
+        print(f"shardworld: live world map on {map_server.url}", flush=True)
     _print_how_to_join(gateway, args.dev)
     from shardworld.metrics import coordinator_collector, gateway_collector, zone_collector
 
@@ -1191,6 +1281,8 @@ async def _serve_sharded(
     )
     stop.set()
     await _stop_metrics(metrics)
+    if map_server is not None:
+        await map_server.stop()
     bots_summary = await _stop_bots(bots_proc)
     if gateway is not None:
         await gateway.stop()
@@ -1208,8 +1300,9 @@ async def _serve_sharded(
     if coord is not None:
         out["coordinator"] = coord.status()
         await coord.close()
-        await coord.store.close()
     await cluster.close()
+    if store is not None:
+        await store.close()
     if gateway is not None:
         out["gateway"] = gateway.stats()
     if bots_summary is not None:
