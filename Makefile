@@ -14,7 +14,7 @@ SERVICES       := SHARDWORLD_KAFKA_PORT=$(TEST_KAFKA_PORT) SHARDWORLD_REDIS_PORT
 KAFKA_LIBS     := .cache/kafka/libs/.complete
 
 .PHONY: help install demo test lint typecheck unit bench bench-quick warmup clean \
-	kafka-libs services-up services-down kafka browser
+	kafka-libs services-up services-down kafka browser loadtest swarm
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 16
@@ -35,8 +35,8 @@ demo: install warmup  ## run the arena (zone + WebSocket gateway on 127.0.0.1:77
 	$(BIN)/shardworld run zones/arena --dev --bots 300
 
 lint: install  ## ruff lint and format check
-	$(BIN)/ruff check src tests benchmarks zones
-	$(BIN)/ruff format --check src tests benchmarks zones
+	$(BIN)/ruff check src tests benchmarks zones loadtest
+	$(BIN)/ruff format --check src tests benchmarks zones loadtest
 
 typecheck: install  ## mypy --strict over the package
 	$(BIN)/mypy
@@ -71,6 +71,27 @@ services-down:  ## stop what services-up started
 
 kafka: kafka-libs  ## a Kafka broker in the foreground on 127.0.0.1:9092 (KAFKA_PORT=...), empty at each start; Ctrl-C stops it
 	SHARDWORLD_KAFKA_PORT=$(KAFKA_PORT) SHARDWORLD_RUN_DIR=.run/dev scripts/services.sh foreground kafka
+
+# `make loadtest`: a small Locust swarm against a world that is already running at URL.
+URL               ?= ws://127.0.0.1:7700
+LOADTEST_USERS    ?= 200
+LOADTEST_SECONDS  ?= 60
+LOADTEST_BEHAVIOR ?= wander
+# `make swarm`: a whole 4-zone world on Kafka and Redis as processes, plus a swarm.
+SWARM_USERS       ?= 2000
+SWARM_SECONDS     ?= 300
+SWARM_BEHAVIOR    ?= wander
+SWARM_ARGS        ?=
+
+loadtest: install  ## a headless Locust swarm (200 players, 60 s) against the world running at URL
+	@mkdir -p .run/loadtest
+	$(BIN)/locust -f loadtest/locustfile.py --headless -H $(URL) -u $(LOADTEST_USERS) -r 50 \
+		-t $(LOADTEST_SECONDS)s --behavior $(LOADTEST_BEHAVIOR) --only-summary \
+		--csv .run/loadtest/locust --summary-json .run/loadtest/summary.json
+
+swarm: install warmup kafka-libs  ## a 4-zone world on Kafka and Redis as processes plus SWARM_USERS players for SWARM_SECONDS (summary in .run/swarm/)
+	$(BIN)/python loadtest/swarm.py --users $(SWARM_USERS) --seconds $(SWARM_SECONDS) \
+		--behavior $(SWARM_BEHAVIOR) --run-dir .run/swarm --out .run/swarm/summary.json $(SWARM_ARGS)
 
 bench: install warmup  ## every benchmark, full size (slow: minutes)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
