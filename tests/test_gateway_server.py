@@ -461,9 +461,21 @@ def test_config_is_validated() -> None:
         {"socket_sndbuf": 10},
         {"max_queue": 0},
         {"send_buffer_limit": 0},
+        {"backlog": 0},
     ):
         with pytest.raises(ValueError):
             GatewayConfig(secret="s", **bad)  # type: ignore[arg-type]
+
+
+def test_cli_gateway_flags_reach_the_config() -> None:
+    from shardworld.cli import _gateway_config, _parser
+
+    argv = "gateway zones/arena --bus memory://x --dev --socket-sndbuf 65536 --backlog 2048"
+    args = _parser().parse_args(argv.split())
+    cfg = _gateway_config(args, None)
+    assert (cfg.socket_sndbuf, cfg.backlog, cfg.dev) == (65536, 2048, True)
+    run = _parser().parse_args(["run", "zones/arena", "--dev"])
+    assert _gateway_config(run, None).backlog == 1024
 
 
 async def test_each_error_code_is_logged_once_per_connection(

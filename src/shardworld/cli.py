@@ -131,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="draw a live density map (auto: only on an interactive terminal)",
     )
+    _add_gateway_args(run)
     _add_metrics_args(run)
     _add_map_args(
         run,
@@ -188,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--dev", action="store_true", help="accept players without a token")
     gw.add_argument("--secret", default=None, help="token secret (default: $SHARDWORLD_SECRET)")
     gw.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
+    _add_gateway_args(gw)
     _add_metrics_args(gw)
 
     co = sub.add_parser(
@@ -323,6 +325,37 @@ def _add_world_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tick-hz", type=float, help="override the world's tick rate")
     p.add_argument(
         "--world-name", help="topic prefix (default: the world's name); one per running world"
+    )
+
+
+def _add_gateway_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--socket-sndbuf",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="SO_SNDBUF per player socket (default: the OS autotunes, which can hide a slow "
+        "reader behind megabytes of kernel buffer; docs/gateway.md)",
+    )
+    p.add_argument(
+        "--backlog",
+        type=int,
+        default=1024,
+        help="pending connections the listening socket queues (default 1024, capped by "
+        "net.core.somaxconn)",
+    )
+
+
+def _gateway_config(args: argparse.Namespace, secret: str | None) -> Any:
+    from shardworld.gateway import GatewayConfig
+
+    return GatewayConfig(
+        host=args.host,
+        port=args.port,
+        dev=args.dev,
+        secret=secret or None,
+        socket_sndbuf=args.socket_sndbuf,
+        backlog=args.backlog,
     )
 
 
@@ -556,11 +589,11 @@ async def _serve(
 
     gateway = None
     if not args.no_gateway:
-        from shardworld.gateway import EmbeddedWorld, Gateway, GatewayConfig
+        from shardworld.gateway import EmbeddedWorld, Gateway
 
         gateway = Gateway(
             EmbeddedWorld(zone),
-            GatewayConfig(host=args.host, port=args.port, dev=args.dev, secret=secret or None),
+            _gateway_config(args, secret),
         )
         await gateway.start()
 
@@ -1131,7 +1164,7 @@ def _gateway_main(args: argparse.Namespace) -> int:
 
 async def _serve_gateway(world: Any, args: argparse.Namespace, secret: str) -> int:
     from shardworld.bus import open_bus
-    from shardworld.gateway import Gateway, GatewayConfig
+    from shardworld.gateway import Gateway
     from shardworld.sharding.cluster import initial_map, make_zone, sharded_world_info
     from shardworld.sharding.port import BusWorld
 
@@ -1143,9 +1176,7 @@ async def _serve_gateway(world: Any, args: argparse.Namespace, secret: str) -> i
     await bus.start()
     port = BusWorld(bus, name, info, cellmap, gateway=args.index)
     await port.start()
-    gateway = Gateway(
-        port, GatewayConfig(host=args.host, port=args.port, dev=args.dev, secret=secret or None)
-    )
+    gateway = Gateway(port, _gateway_config(args, secret))
     await gateway.start()
     from shardworld.metrics import gateway_collector
 
@@ -1201,11 +1232,11 @@ async def _serve_sharded(
         map_server = await _start_map(coord, args, world.config.tick_hz, DEFAULT_MAP_PORT)
     gateway = None
     if cluster.port is not None:
-        from shardworld.gateway import Gateway, GatewayConfig
+        from shardworld.gateway import Gateway
 
         gateway = Gateway(
             cluster.port,
-            GatewayConfig(host=args.host, port=args.port, dev=args.dev, secret=secret or None),
+            _gateway_config(args, secret),
         )
         await gateway.start()
     cfg = world.config

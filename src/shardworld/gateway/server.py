@@ -134,6 +134,9 @@ class GatewayConfig:
     buffer megabytes in the kernel before ``send_buffer_limit`` ever sees a slow reader)."""
     log_lines_per_s: float = 10.0
     log_burst: float = 50.0
+    backlog: int = 1024
+    """Pending connections the listening socket queues (the OS caps it at somaxconn); a
+    reconnect storm overflows asyncio's default of 100."""
 
     def __post_init__(self) -> None:
         if not self.dev and not self.secret:
@@ -146,6 +149,8 @@ class GatewayConfig:
             raise ValueError("GatewayConfig.close_timeout_s must be > 0")
         if self.socket_sndbuf is not None and self.socket_sndbuf < 1024:
             raise ValueError("GatewayConfig.socket_sndbuf must be >= 1024 (or None)")
+        if self.backlog < 1:
+            raise ValueError("GatewayConfig.backlog must be >= 1")
         if self.send_buffer_limit < 1 or self.max_connections < 1 or self.max_queue < 1:
             raise ValueError(
                 "GatewayConfig: send_buffer_limit, max_connections, max_queue must be >= 1"
@@ -336,6 +341,7 @@ class Gateway:
             ping_timeout=cfg.ping_timeout_s,
             close_timeout=cfg.close_timeout_s,
             process_request=self._admit,
+            backlog=cfg.backlog,
             logger=logging.getLogger("shardworld.gateway.websockets"),
         )
         self._running = True
@@ -748,16 +754,19 @@ class Gateway:
                 now,
             )
         self._joining.add(player)
+        reason = "the world returned no entity"
         try:
             entity, resumed = await port.join(player, b.entity_id if b is not None else None)
-        except Exception:
+        except Exception as exc:
+            # The usual causes (an overloaded or unreachable zone) say enough in one line.
             entity, resumed = 0, False
+            reason = f"{type(exc).__name__}: {exc}"
         finally:
             self._joining.discard(player)
         now = self._loop.time()
         if entity == 0:
             self.internal_errors += 1
-            self._log(logging.ERROR, "join_failed", exc_info=True, conn=conn.cid, player=player)
+            self._log(logging.ERROR, "join_failed", conn=conn.cid, player=player, reason=reason)
             if b is not None and b.conn is None:
                 self._forget(b)
                 self._leave(b)
