@@ -19,12 +19,11 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final
+
+from shardworld.steering import Vec, Wander, World, centre, seek
 
 BEHAVIORS: Final = ("wander", "rush", "commute", "storm")
-
-World = tuple[float, float, float, float]
-Vec = tuple[float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,44 +40,6 @@ class Border:
         """This border cut to the world's bounds."""
         lo_w, hi_w = (world[1], world[3]) if self.axis == "x" else (world[0], world[2])
         return Border(self.axis, self.at, max(self.lo, lo_w), min(self.hi, hi_w))
-
-
-class Behavior(Protocol):
-    def steer(self, pos: Vec, now: float) -> Vec: ...
-
-
-def seek(pos: Vec, target: Vec, slow_radius: float = 2.0) -> Vec:
-    """A unit intent toward ``target``, shortened within ``slow_radius`` metres of it."""
-    dx, dy = target[0] - pos[0], target[1] - pos[1]
-    dist = math.hypot(dx, dy)
-    if dist < 1e-9:
-        return 0.0, 0.0
-    scale = min(1.0, dist / slow_radius) / dist
-    return dx * scale, dy * scale
-
-
-def centre(world: World) -> Vec:
-    return (world[0] + world[2]) / 2.0, (world[1] + world[3]) / 2.0
-
-
-@dataclass
-class Wander:
-    world: World
-    rng: random.Random
-    heading: float = 0.0
-    next_change: float = -math.inf
-
-    def steer(self, pos: Vec, now: float) -> Vec:
-        x0, y0, x1, y1 = self.world
-        m = 0.05 * min(x1 - x0, y1 - y0)
-        if not (x0 + m <= pos[0] <= x1 - m and y0 + m <= pos[1] <= y1 - m):
-            cx, cy = centre(self.world)
-            self.heading = math.atan2(cy - pos[1], cx - pos[0]) + self.rng.uniform(-0.8, 0.8)
-            self.next_change = now + self.rng.uniform(1.0, 4.0)
-        elif now >= self.next_change:
-            self.heading = self.rng.uniform(-math.pi, math.pi)
-            self.next_change = now + self.rng.uniform(1.0, 4.0)
-        return math.cos(self.heading), math.sin(self.heading)
 
 
 @dataclass

@@ -32,16 +32,7 @@ import gevent
 import websocket
 from gevent import Greenlet
 
-from loadtest.behaviors import (
-    Behavior,
-    Border,
-    Commute,
-    Rush,
-    Vec,
-    Wander,
-    centre,
-    storm_slot,
-)
+from loadtest.behaviors import Border, Commute, Rush, storm_slot
 from loadtest.metrics import AgeClock, ClockSync, WorkerState
 from shardworld.protocol import (
     PROTOCOL_VERSION,
@@ -62,6 +53,7 @@ from shardworld.protocol import (
     decode_server,
     encode,
 )
+from shardworld.steering import Behavior, Vec, Wander, centre
 
 MAX_MESSAGE: Final = 16 * 1024 * 1024
 ABNORMAL_CLOSE: Final = 1006

@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, TextIO
+from typing import Any, Final, TextIO
 
 from shardworld.client.sdk import (
     ClientError,
@@ -46,6 +46,7 @@ from shardworld.client.sdk import (
     error_name,
 )
 from shardworld.gateway.auth import SECRET_ENV, issue_token
+from shardworld.steering import Behavior, Vec, Wander, World, centre, margin, seek
 
 __all__ = [
     "BEHAVIORS",
@@ -70,61 +71,6 @@ TOKEN_TTL_S: Final = 24 * 3600.0
 _BACKOFF_MIN: Final = 0.5
 _BACKOFF_MAX: Final = 5.0
 
-World = tuple[float, float, float, float]
-Vec = tuple[float, float]
-
-
-# --- behaviours -------------------------------------------------------------------------
-
-
-class Behavior(Protocol):
-    def steer(self, pos: Vec, now: float) -> Vec:
-        """The intent (length <= 1) to send, given the bot's position in metres and the
-        local monotonic time."""
-        ...
-
-
-def seek(pos: Vec, target: Vec, slow_radius: float = 2.0) -> Vec:
-    """A unit intent toward ``target``, shortened inside ``slow_radius`` metres of it so a
-    bot does not overshoot by a whole snapshot interval."""
-    dx, dy = target[0] - pos[0], target[1] - pos[1]
-    dist = math.hypot(dx, dy)
-    if dist < 1e-9:
-        return 0.0, 0.0
-    scale = min(1.0, dist / slow_radius) / dist
-    return dx * scale, dy * scale
-
-
-def _margin(world: World) -> float:
-    return 0.05 * min(world[2] - world[0], world[3] - world[1])
-
-
-def _centre(world: World) -> Vec:
-    return (world[0] + world[2]) / 2.0, (world[1] + world[3]) / 2.0
-
-
-@dataclass
-class Wander:
-    """Random headings, changed every 1-4 s; near an edge, a heading back inside."""
-
-    world: World
-    rng: random.Random
-    heading: float = 0.0
-    next_change: float = -math.inf
-
-    def steer(self, pos: Vec, now: float) -> Vec:
-        x0, y0, x1, y1 = self.world
-        m = _margin(self.world)
-        if not (x0 + m <= pos[0] <= x1 - m and y0 + m <= pos[1] <= y1 - m):
-            cx, cy = _centre(self.world)
-            back = math.atan2(cy - pos[1], cx - pos[0])
-            self.heading = back + self.rng.uniform(-math.pi / 4, math.pi / 4)
-            self.next_change = now + self.rng.uniform(1.0, 4.0)
-        elif now >= self.next_change:
-            self.heading = self.rng.uniform(-math.pi, math.pi)
-            self.next_change = now + self.rng.uniform(1.0, 4.0)
-        return math.cos(self.heading), math.sin(self.heading)
-
 
 @dataclass
 class Crowd:
@@ -137,10 +83,10 @@ class Crowd:
 
     def __post_init__(self) -> None:
         if self.radius <= 0.0:
-            self.radius = max(2.0, _margin(self.world))
+            self.radius = max(2.0, margin(self.world))
 
     def _new_target(self) -> Vec:
-        cx, cy = _centre(self.world)
+        cx, cy = centre(self.world)
         r = self.radius * math.sqrt(self.rng.random())
         a = self.rng.uniform(-math.pi, math.pi)
         return cx + r * math.cos(a), cy + r * math.sin(a)
