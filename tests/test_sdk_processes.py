@@ -8,11 +8,6 @@ record is in Redis afterwards; the next session (or a record put there first) is
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import socket
-import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -20,6 +15,7 @@ from typing import Any
 
 import msgpack
 
+from procs import free_port, start_cli, stop_process, wait_for_line
 from shardworld.client import connect
 from shardworld.gateway.auth import issue_token
 from shardworld.store import open_store
@@ -77,50 +73,6 @@ def _world(tmp_path: Path, name: str, zones: int) -> Path:
     return folder
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _start(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shardworld.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-async def _wait_for_line(proc: asyncio.subprocess.Process, needle: str, timeout: float) -> None:
-    assert proc.stdout is not None
-    seen: list[str] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            line = (await proc.stdout.readline()).decode(errors="replace")
-            if not line:
-                raise AssertionError(f"process ended before {needle!r}:\n{''.join(seen)}")
-            seen.append(line)
-            if needle in line:
-                return
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> str:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGINT)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 30.0)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        out, _ = await proc.communicate()
-    return (out or b"").decode(errors="replace")
-
-
 async def _session(url: str, player: int, gain: int) -> int:
     """Sign in as ``player``, read its xp, earn ``gain`` more; returns the xp it had."""
     token = issue_token(SECRET, player, ttl_s=300.0)
@@ -165,18 +117,18 @@ async def test_shardworld_run_loads_and_saves_a_players_xp_in_its_store(
     name = f"run{uuid.uuid4().hex[:10]}"
     folder = _world(tmp_path, name, zones=1)
     await _seed(redis_url, name, 42, 30)
-    port = _free_port()
-    proc = await _start(
+    port = free_port()
+    proc = await start_cli(
         "run", str(folder), "--zones", "1", "--port", str(port), "--secret", SECRET,
         "--store", redis_url, "--npcs", "0", "--map", "never",
     )  # fmt: skip
     try:
-        await _wait_for_line(proc, "players connect to", 60.0)
+        await wait_for_line(proc, "players connect to", 60.0)
         assert await _session(f"ws://127.0.0.1:{port}", 42, 5) == 30
         # A player the store has never seen starts from on_join's values.
         assert await _session(f"ws://127.0.0.1:{port}", 44, 2) == 0
     finally:
-        out = await _stop(proc)
+        out = await stop_process(proc)
     assert proc.returncode == 0, out
     # Saved as the world stopped (the players had not left yet: they linger).
     assert (await _record(redis_url, name, 42) or {}).get("xp") == 35, out
@@ -189,26 +141,26 @@ async def test_zone_processes_load_and_save_players_in_their_store(
     name = f"zp{uuid.uuid4().hex[:10]}"
     folder = _world(tmp_path, name, zones=2)
     await _seed(redis_url, name, 43, 30)
-    port = _free_port()
+    port = free_port()
     common = ["--bus", kafka_url, "--store", redis_url]
     procs = [
-        await _start("zone", str(folder), "--zone", "z0", *common),
-        await _start("zone", str(folder), "--zone", "z1", *common),
-        await _start("gateway", str(folder), "--port", str(port), "--secret", SECRET,
+        await start_cli("zone", str(folder), "--zone", "z0", *common),
+        await start_cli("zone", str(folder), "--zone", "z1", *common),
+        await start_cli("gateway", str(folder), "--port", str(port), "--secret", SECRET,
                      "--bus", kafka_url),
     ]  # fmt: skip
     outs: list[str] = []
     try:
         await asyncio.gather(
-            _wait_for_line(procs[0], "ticking", 60.0),
-            _wait_for_line(procs[1], "ticking", 60.0),
-            _wait_for_line(procs[2], "players connect", 60.0),
+            wait_for_line(procs[0], "ticking", 60.0),
+            wait_for_line(procs[1], "ticking", 60.0),
+            wait_for_line(procs[2], "players connect", 60.0),
         )
         # Player 43 enters through z1 (player id mod 2) and walks into z0's region at once.
         assert await _session(f"ws://127.0.0.1:{port}", 43, 5) == 30
     finally:
         # Gateway first: the zones then save every player they own as they stop.
-        outs.append(await _stop(procs[2]))
-        outs += await asyncio.gather(_stop(procs[0]), _stop(procs[1]))
+        outs.append(await stop_process(procs[2]))
+        outs += await asyncio.gather(stop_process(procs[0]), stop_process(procs[1]))
     rec = await _record(redis_url, name, 43)
     assert rec is not None and rec["xp"] == 35, "\n".join(outs)

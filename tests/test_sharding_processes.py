@@ -8,16 +8,12 @@ changes id or jumps, and the other player keeps seeing it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import socket
-import sys
 import uuid
 from pathlib import Path
 
 import numpy as np
 
+from procs import free_port, start_cli, stop_process, wait_for_line
 from shardworld.client import connect
 from shardworld.sharding.cluster import initial_map
 from shardworld.zone import load_world
@@ -25,65 +21,21 @@ from shardworld.zone import load_world
 WORLD = Path(__file__).resolve().parent / "worlds" / "strip"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _start(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shardworld.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-async def _wait_for_line(proc: asyncio.subprocess.Process, needle: str, timeout: float) -> None:
-    assert proc.stdout is not None
-    seen: list[str] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            line = (await proc.stdout.readline()).decode(errors="replace")
-            if not line:
-                raise AssertionError(f"process ended before {needle!r}:\n{''.join(seen)}")
-            seen.append(line)
-            if needle in line:
-                return
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> str:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGINT)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 20.0)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        out, _ = await proc.communicate()
-    return (out or b"").decode(errors="replace")
-
-
 async def test_a_player_crosses_between_zone_processes_without_noticing(kafka_url: str) -> None:
     name = f"strip{uuid.uuid4().hex[:10]}"
-    port = _free_port()
+    port = free_port()
     common = ["--bus", kafka_url, "--world-name", name]
     drains: list[asyncio.Task[None]] = []
     procs = [
-        await _start("zone", str(WORLD), "--zone", "z0", *common),
-        await _start("zone", str(WORLD), "--zone", "z1", *common),
-        await _start("gateway", str(WORLD), "--port", str(port), "--dev", *common),
+        await start_cli("zone", str(WORLD), "--zone", "z0", *common),
+        await start_cli("zone", str(WORLD), "--zone", "z1", *common),
+        await start_cli("gateway", str(WORLD), "--port", str(port), "--dev", *common),
     ]
     try:
         await asyncio.gather(
-            _wait_for_line(procs[0], "ticking", 90.0),
-            _wait_for_line(procs[1], "ticking", 90.0),
-            _wait_for_line(procs[2], "players connect", 90.0),
+            wait_for_line(procs[0], "ticking", 90.0),
+            wait_for_line(procs[1], "ticking", 90.0),
+            wait_for_line(procs[2], "players connect", 90.0),
         )
         drains += [asyncio.create_task(_drain(p)) for p in procs]
         border = initial_map(load_world(WORLD)).region_bounds(0)[2]
@@ -136,7 +88,7 @@ async def test_a_player_crosses_between_zone_processes_without_noticing(kafka_ur
         for t in drains:
             t.cancel()
         await asyncio.gather(*drains, return_exceptions=True)
-        outputs = [await _stop(p) for p in procs]
+        outputs = [await stop_process(p, 20.0) for p in procs]
     gateway_summary = outputs[2].strip().splitlines()[-1]
     assert '"summary": "gateway"' in gateway_summary, outputs[2][-2000:]
     assert '"kicks": {}' in gateway_summary
