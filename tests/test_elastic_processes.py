@@ -19,18 +19,23 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from procs import free_port as _free_port
+from procs import start_cli as _start
+from procs import stop_process as _stop
+from procs import wait_for_line as _wait_for_line
 from shardworld.client import Player, connect
 from shardworld.sharding.cellmap import CellMap
 from shardworld.store import open_store
-from test_sharding_processes import _drain, _free_port, _start, _stop, _wait_for_line
+from test_sharding_processes import _drain
 
 WORLD = Path(__file__).resolve().parent / "worlds" / "elastic"
 NPCS = 120  # world.toml [demo]
 PLAYERS = 6
 #: Every tick takes longer than this: every zone is hot.
 HOT = {"high_water_ms": 0.001, "low_water_ms": 0.0}
-#: Every tick takes less than this: every zone is cold.
-COLD = {"high_water_ms": 45.0, "low_water_ms": 40.0}
+#: Every tick takes less than this, however busy the machine: every zone is cold and none
+#: is hot (with a high water near the budget, a loaded CI machine split a zone again).
+COLD = {"high_water_ms": 60_000.0, "low_water_ms": 30_000.0}
 #: Hot again, but only up to 3 zones.
 HOT_AGAIN = {**HOT, "max_zones": 3}
 

@@ -12,10 +12,14 @@ import asyncio
 import json
 import uuid
 
+from procs import free_port as _free_port
+from procs import start_cli as _start
+from procs import stop_process as _stop
+from procs import wait_for_line as _wait_for_line
 from shardworld.client import connect
 from shardworld.sharding.cluster import initial_map
 from shardworld.zone import load_world
-from test_sharding_processes import WORLD, _drain, _free_port, _start, _stop, _wait_for_line
+from test_sharding_processes import WORLD, _drain
 
 
 async def test_sigkill_of_a_zone_loses_nothing_and_its_player_moves_on(
