@@ -542,11 +542,17 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _page_url(ws_url: str) -> str:
+    """The browser game a gateway serves at ``/`` (docs/play.md)."""
+    return ws_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1).rstrip("/") + "/"
+
+
 def _print_how_to_join(gateway: Any, dev: bool) -> None:
     if gateway is not None:
         how = "no token needed (--dev)" if dev else "players need a token: shardworld token"
         print(
             f"shardworld: players connect to {gateway.url} ({how}).\n"
+            f"            play in a browser: {_page_url(gateway.url)}  (WASD, Enter to chat)\n"
             f"            try: .venv/bin/shardworld bots --url {gateway.url} --count 20"
             f" --duration 60",
             flush=True,
@@ -1184,7 +1190,8 @@ async def _serve_gateway(world: Any, args: argparse.Namespace, secret: str) -> i
     how = "no token needed (--dev)" if args.dev else "players need a token: shardworld token"
     print(
         f"shardworld: gateway {args.index} of world {name!r} on {args.bus}: "
-        f"players connect to {gateway.url} ({how}). Ctrl-C stops.",
+        f"players connect to {gateway.url} ({how}); browser game at "
+        f"{_page_url(gateway.url)}. Ctrl-C stops.",
         flush=True,
     )
     stop = _stop_event()
