@@ -564,7 +564,41 @@ MAX_REQUEST_BYTES = 8192
 """Request line and headers together; anything longer is answered 431 and closed."""
 
 
-class MetricsServer:
+class LocalHttpServer:
+    """What the small HTTP endpoints (/metrics, the live map) share: where they listen.
+
+    Subclasses define ``path`` (shown in :attr:`url`) and ``_handle`` (one connection).
+    """
+
+    path = "/"
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self._port = port
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the one chosen when started with 0)."""
+        if self._server is not None and self._server.sockets:
+            return int(self._server.sockets[0].getsockname()[1])
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{self.path}"
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self._port, limit=MAX_REQUEST_BYTES
+        )
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class MetricsServer(LocalHttpServer):
     """``GET /metrics`` over HTTP/1.x on ``host:port`` (port 0: any free port, see ``port``).
 
     One request per connection; every other method or path gets 404, malformed or oversized
@@ -580,32 +614,18 @@ class MetricsServer:
         timeout_s: float = 5.0,
         max_connections: int = 64,
     ) -> None:
+        super().__init__(host, port)
         self.registry = registry
-        self.host = host
-        self._port = port
         self.timeout_s = timeout_s
         self.max_connections = max_connections
         self.scrapes = 0
         self.bad_requests = 0
-        self._server: asyncio.Server | None = None
         self._open = 0
 
-    @property
-    def port(self) -> int:
-        """The bound port (the one chosen when started with 0)."""
-        if self._server is not None and self._server.sockets:
-            return int(self._server.sockets[0].getsockname()[1])
-        return self._port
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/metrics"
+    path = "/metrics"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, self.host, self._port, limit=MAX_REQUEST_BYTES
-        )
+        await self._listen()
 
     async def stop(self) -> None:
         if self._server is not None:

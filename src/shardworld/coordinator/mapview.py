@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from shardworld.metrics import LocalHttpServer
 from shardworld.sharding.cellmap import CellMap
 
 if TYPE_CHECKING:
@@ -435,8 +436,6 @@ def _float(v: Any) -> float:
 
 # --- the HTTP server -------------------------------------------------------------------------
 
-MAX_REQUEST_BYTES = 8192
-"""Request line and headers together; anything longer is answered 431 and closed."""
 
 PAGE_PATHS = ("/", "/map")
 STATE_PATH = "/map/state"
@@ -453,7 +452,7 @@ def _asset(name: str) -> bytes:
     return (resources.files("shardworld") / "web" / name).read_bytes()
 
 
-class MapServer:
+class MapServer(LocalHttpServer):
     """The map page, its state and its live feed over HTTP/1.1.
 
     Args:
@@ -480,9 +479,8 @@ class MapServer:
         stream_max_s: float = 3600.0,
         max_buffer: int = 1 << 20,
     ) -> None:
+        super().__init__(host, port)
         self.view = view
-        self.host = host
-        self._port = port
         self.timeout_s = timeout_s
         self.max_connections = max_connections
         self.max_streams = max_streams
@@ -492,7 +490,6 @@ class MapServer:
         self.requests = 0
         self.bad_requests = 0
         self.streams = 0
-        self._server: asyncio.Server | None = None
         self._open = 0
         self._closing = False
         self._writers: set[asyncio.StreamWriter] = set()
@@ -500,23 +497,11 @@ class MapServer:
         self._page = _asset("map.html")
         self._script = _asset("map.js")
 
-    @property
-    def port(self) -> int:
-        """The bound port (the one chosen when started with 0)."""
-        if self._server is not None and self._server.sockets:
-            return int(self._server.sockets[0].getsockname()[1])
-        return self._port
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/map"
+    path = "/map"
 
     async def start(self) -> None:
         self._closing = False
-        self._server = await asyncio.start_server(
-            self._handle, self.host, self._port, limit=MAX_REQUEST_BYTES
-        )
+        await self._listen()
 
     async def stop(self) -> None:
         self._closing = True
