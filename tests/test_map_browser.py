@@ -173,29 +173,40 @@ def test_live_map_in_chromium(browser: Any, artifacts: Path, tmp_path: Path) -> 
         assert [z["name"] for z in first["zones"]] == ["z0", "z1", "z2", "z3"]
 
         # The page shows what /map/state says (compared at the same state version).
+        # Cells move every few seconds here, so everything the page shows is read in one go
+        # (one JavaScript task), once the page has drawn the state it holds.
+        snapshot_js = """() => ({
+            state: window.shardworldMap.state(),
+            owners: window.shardworldMap.owners(),
+            entities: document.body.dataset.entities,
+            zones: document.querySelectorAll('#zones .zone').length,
+            totals: document.querySelector('#totals').innerText,
+        })"""
         for _ in range(40):
             served = _get_state(base + "/map/state")
             assert served is not None
             page.wait_for_function(
-                "(v) => window.shardworldMap.state().version >= v", arg=served["version"]
+                """(v) => {
+                    const s = window.shardworldMap.state();
+                    return s.version >= v
+                        && document.body.dataset.entities === String(s.totals.entities);
+                }""",
+                arg=served["version"],
             )
-            shown = page.evaluate("() => window.shardworldMap.state()")
-            if shown["version"] == served["version"]:
+            seen = page.evaluate(snapshot_js)
+            if seen["state"]["version"] == served["version"]:
                 break
         else:
             raise AssertionError("the page never showed the served state version")
-        assert shown == served
-        assert (
-            page.evaluate("() => window.shardworldMap.owners()")
-            == unrle(served["owner"]["runs"]).tolist()
-        )
+        assert seen["state"] == served
+        assert seen["owners"] == unrle(served["owner"]["runs"]).tolist()
         totals = served["totals"]
         assert totals["entities"] == sum(z["entities"] for z in served["zones"]) > 0
         # No players: the load per cell is the entity count (each zone's counted with it).
         assert decode_density(served["density"]).sum() == totals["entities"]
-        assert page.evaluate("() => document.body.dataset.entities") == str(totals["entities"])
-        assert page.locator("#zones .zone").count() == 4
-        assert f"{totals['entities']:,}" in page.locator("#totals").inner_text()
+        assert seen["entities"] == str(totals["entities"])
+        assert seen["zones"] == 4
+        assert f"{totals['entities']:,}" in seen["totals"]
 
         # Every zone's cells are drawn in its own colour, 4 distinct ones.
         palette = page.evaluate("() => window.shardworldMap.palette")
@@ -207,7 +218,7 @@ def test_live_map_in_chromium(browser: Any, artifacts: Path, tmp_path: Path) -> 
                 continue  # a label box or a grid line
             nearest = min(range(len(palette)), key=lambda k: _hue_distance(h * 360, palette[k][0]))
             votes.setdefault(owner, Counter())[nearest] += 1
-        colours = {z["index"]: z["colour"] for z in shown["zones"]}
+        colours = {z["index"]: z["colour"] for z in seen["state"]["zones"]}
         assert set(votes) == {0, 1, 2, 3}, votes
         drawn = {owner: c.most_common(1)[0][0] for owner, c in votes.items()}
         assert drawn == colours, votes
