@@ -564,8 +564,18 @@ MAX_REQUEST_BYTES = 8192
 """Request line and headers together; anything longer is answered 431 and closed."""
 
 
+class BadRequest(Exception):
+    """A request that gets an error answer before it is routed (oversized or malformed)."""
+
+    def __init__(self, status: str, body: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
 class LocalHttpServer:
-    """What the small HTTP endpoints (/metrics, the live map) share: where they listen.
+    """What the small HTTP endpoints (/metrics, the live map) share: where they listen and
+    how a request line is read.
 
     Subclasses define ``path`` (shown in :attr:`url`) and ``_handle`` (one connection).
     """
@@ -576,6 +586,31 @@ class LocalHttpServer:
         self.host = host
         self._port = port
         self._server: asyncio.Server | None = None
+        self.bad_requests = 0
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[bytes, str]:
+        """The method and path (query dropped) of one request.
+
+        Raises :class:`BadRequest` (431 past ``MAX_REQUEST_BYTES``, 400 for anything that is
+        not ``METHOD TARGET HTTP/x``), counted in ``bad_requests``.
+        """
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            self.bad_requests += 1
+            too_large = "431 Request Header Fields Too Large"
+            raise BadRequest(too_large, b"request too large\n") from None
+        except asyncio.IncompleteReadError as exc:
+            # A client that sends a request line and closes (no blank line) is still served.
+            head = exc.partial
+            if not head.strip():
+                raise
+        line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+        parts = line.split()
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+            self.bad_requests += 1
+            raise BadRequest("400 Bad Request", b"bad request\n")
+        return parts[0], parts[1].split(b"?", 1)[0].decode("latin-1")
 
     @property
     def port(self) -> int:
@@ -619,7 +654,6 @@ class MetricsServer(LocalHttpServer):
         self.timeout_s = timeout_s
         self.max_connections = max_connections
         self.scrapes = 0
-        self.bad_requests = 0
         self._open = 0
 
     path = "/metrics"
@@ -654,22 +688,10 @@ class MetricsServer(LocalHttpServer):
 
     async def _respond(self, reader: asyncio.StreamReader) -> tuple[str, bytes, str]:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            self.bad_requests += 1
-            return "431 Request Header Fields Too Large", b"request too large\n", "text/plain"
-        except asyncio.IncompleteReadError as exc:
-            # A client that sends a request line and closes (no blank line) is still served.
-            head = exc.partial
-            if not head.strip():
-                raise
-        line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
-        parts = line.split()
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
-            self.bad_requests += 1
-            return "400 Bad Request", b"bad request\n", "text/plain"
-        method, target = parts[0], parts[1].split(b"?", 1)[0]
-        if method != b"GET" or target != b"/metrics":
+            method, path = await self._read_request(reader)
+        except BadRequest as exc:
+            return exc.status, exc.body, "text/plain"
+        if method != b"GET" or path != "/metrics":
             return "404 Not Found", b"not found\n", "text/plain"
         self.scrapes += 1
         return "200 OK", self.registry.render().encode("utf-8"), CONTENT_TYPE

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from shardworld.metrics import LocalHttpServer
+from shardworld.metrics import BadRequest, LocalHttpServer
 from shardworld.sharding.cellmap import CellMap
 
 if TYPE_CHECKING:
@@ -488,7 +488,6 @@ class MapServer(LocalHttpServer):
         self.stream_max_s = stream_max_s
         self.max_buffer = max_buffer
         self.requests = 0
-        self.bad_requests = 0
         self.streams = 0
         self._open = 0
         self._closing = False
@@ -560,22 +559,9 @@ class MapServer(LocalHttpServer):
 
     async def _respond(self, reader: asyncio.StreamReader) -> tuple[str, bytes, dict[str, str]]:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            self.bad_requests += 1
-            return "431 Request Header Fields Too Large", b"request too large\n", {}
-        except asyncio.IncompleteReadError as exc:
-            # A request line without the blank line after it is still answered.
-            head = exc.partial
-            if not head.strip():
-                raise
-        line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
-        parts = line.split()
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
-            self.bad_requests += 1
-            return "400 Bad Request", b"bad request\n", {}
-        method = parts[0]
-        path = parts[1].split(b"?", 1)[0].decode("latin-1")
+            method, path = await self._read_request(reader)
+        except BadRequest as exc:
+            return exc.status, exc.body, {}
         known = (*PAGE_PATHS, SCRIPT_PATH, STATE_PATH, EVENTS_PATH)
         if path not in known:
             return "404 Not Found", b"not found\n", {}
